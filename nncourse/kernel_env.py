@@ -1,0 +1,34 @@
+"""Environment for grading kernels, applied by nbgrader_config.py before any kernel starts.
+
+The notebook's test-set evaluations allocate and free 60-230 MB temporaries 41 times per
+model; glibc returns them to the OS each time, so a third of the CPU goes to page faults.
+jemalloc, told to keep freed pages, removes that cost (measured: 65 s -> 42 s wall for one
+submission). It is used when the system has it (Debian package libjemalloc2).
+"""
+import os
+from pathlib import Path
+
+JEMALLOC_CANDIDATES = [
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+]
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def jemalloc_path():
+    return next((p for p in JEMALLOC_CANDIDATES if Path(p).exists()), None)
+
+
+def kernel_environment(environ, data_dir):
+    """`environ` plus what grading kernels need: where MNIST is, and the allocator."""
+    env = dict(environ)
+    env.setdefault("MNIST_DIR", str(data_dir))
+    lib = jemalloc_path()
+    if lib and lib not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), lib]))
+        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    return env
+
+
+def apply(data_dir):
+    os.environ.update(kernel_environment(os.environ, data_dir))
