@@ -30,5 +30,8 @@ c.GenerateAssignment.preprocessors = [
 ]
 c.GenerateFeedback.preprocessors = [GetGrades, HideGraderOnlyText, CSSHTMLHeaderPreprocessor]
 
+# `nbgrader export`: one column per graded cell, task totals and the total (nncourse/export.py).
+c.ExportApp.plugin_class = "nncourse.export.PerCellCsvExport"
+
 # Grading kernels inherit this environment: MNIST's location ($MNIST_DIR) and a faster allocator.
 kernel_env.apply(COURSE_ROOT / "data" / "mnist")

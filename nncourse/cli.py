@@ -37,6 +37,26 @@ def cmd_scores(args):
     print(grading.score_table(grading.cell_scores(COURSE)))
 
 
+def cmd_grade(args):
+    """Grade a batch in parallel, then write feedback, the per-cell export and the report."""
+    from . import batch, report
+    results = batch.grade(COURSE, args.students or None, workers=args.workers, scheduler=args.scheduler,
+                          force=args.force)
+    problems = {s: r["reason"] for s, r in results.items() if r.get("reason")}
+    for student, reason in sorted(problems.items()):
+        print(f"  {student}: {reason}")
+    print(f"feedback written: {grading.generate_feedback(COURSE)}")
+    print(f"grades exported: {grading.export_grades(COURSE)}")
+    print(grading.score_table(grading.cell_scores(COURSE)))
+    print(f"report: {report.write_report(COURSE).as_uri()}")
+    print(f"logs: {COURSE / 'logs' / grading.ASSIGNMENT}")
+
+
+def cmd_report(args):
+    from . import report
+    print(f"report: {report.write_report(COURSE).as_uri()}")
+
+
 def cmd_demo(args):
     """Everything an instructor does, on sample students: the main job of the set-up."""
     data.provision(DATA_DIR)
@@ -50,7 +70,7 @@ def cmd_demo(args):
         print(f"autograding {name} ({i}/{len(names)}) ...", flush=True)
         grading.autograde(COURSE, [name])
     print(f"feedback written: {grading.generate_feedback(COURSE)}")
-    print(f"grades exported: {grading.export_totals(COURSE)}")
+    print(f"grades exported: {grading.export_grades(COURSE)}")
     print(grading.score_table(grading.cell_scores(COURSE)))
 
 
@@ -68,12 +88,21 @@ def main(argv=None):
     p.set_defaults(run=cmd_samples)
     p = sub.add_parser("scores", help="print autograded points per task from the gradebook")
     p.set_defaults(run=cmd_scores)
+    p = sub.add_parser("grade", help="autograde submitted/ in parallel (locally or on a Dask cluster), then "
+                                      "feedback, per-cell export and the instructor report")
+    p.add_argument("students", nargs="*", help="grade only these students (default: every submission)")
+    p.add_argument("--workers", "-w", type=int, default=None, help="submissions at a time (default: cores)")
+    p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: local)")
+    p.add_argument("--force", action="store_true", help="regrade submissions that have not changed")
+    p.set_defaults(run=cmd_grade)
+    p = sub.add_parser("report", help="write the instructor report from the gradebook")
+    p.set_defaults(run=cmd_report)
     p = sub.add_parser("demo", help="provision data, release, autograde sample students, feedback, export, scores")
     p.add_argument("--all", action="store_true", help="grade every sample student, not only four")
     p.set_defaults(run=cmd_demo)
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (data.DataError, grading.GradingError) as err:
+    except (data.DataError, grading.GradingError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

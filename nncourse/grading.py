@@ -60,7 +60,7 @@ def generate_feedback(course):
     return Path(course) / "feedback"
 
 
-def export_totals(course):
+def export_grades(course):
     path = Path(course) / "grades.csv"
     nbgrader(course, "export", "--to", str(path))
     return path

@@ -1,4 +1,5 @@
-"""Environment for grading kernels, applied by nbgrader_config.py before any kernel starts.
+"""Environment for grading kernels: applied by nbgrader_config.py before any kernel starts,
+and by the batch grader on each worker.
 
 The notebook's test-set evaluations allocate and free 60-230 MB temporaries 41 times per
 model; glibc returns them to the OS each time, so a third of the CPU goes to page faults.
@@ -13,15 +14,20 @@ JEMALLOC_CANDIDATES = [
     "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
 ]
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# Read by OpenMP (and so torch), OpenBLAS, MKL and numexpr when they start.
+THREAD_VARIABLES = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"]
 
 
 def jemalloc_path():
     return next((p for p in JEMALLOC_CANDIDATES if Path(p).exists()), None)
 
 
-def kernel_environment(environ, data_dir):
-    """`environ` plus what grading kernels need: where MNIST is, and the allocator."""
+def kernel_environment(environ, data_dir, threads=None):
+    """`environ` plus what grading kernels need: where MNIST is, the allocator and, when several
+    kernels share the machine, a cap on each one's threads."""
     env = dict(environ)
+    if threads:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
     env.setdefault("MNIST_DIR", str(data_dir))
     lib = jemalloc_path()
     if lib and lib not in env.get("LD_PRELOAD", ""):

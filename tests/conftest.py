@@ -1,5 +1,5 @@
-"""Shared fixtures. Grading is slow (about 40 s per notebook), so every fixture notebook is
-graded once per session, in a fresh copy of the course with its own gradebook."""
+"""Shared fixtures. Grading is slow (about 40 s per notebook), so each way of grading runs once
+per session, on every fixture notebook, in a fresh copy of the course with its own gradebook."""
 import os
 import shutil
 from pathlib import Path
@@ -16,16 +16,13 @@ SEED = Path(__file__).resolve().parent / "seed" / "tutorial3_seed.ipynb.json"
 DATA_DIR = REPO / "data" / "mnist"
 
 
-@pytest.fixture(scope="session")
-def source_nb():
-    return notebook.read(SOURCE)
-
-
-@pytest.fixture(scope="session")
-def course(tmp_path_factory):
+def make_course(tmp_path_factory, name, extra_config=""):
     """A fresh course folder (config, tooling, source) with an empty gradebook and a new release."""
-    root = tmp_path_factory.mktemp("course")
+    root = tmp_path_factory.mktemp(name)
     shutil.copy(REPO / "nbgrader_config.py", root)
+    if extra_config:
+        with open(root / "nbgrader_config.py", "a") as f:
+            f.write("\n" + extra_config + "\n")
     for folder in ("source", "nncourse"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "gradebook").mkdir()
@@ -35,12 +32,28 @@ def course(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
-def graded(course):
-    """Gradebook scores after autograding the source, the blank release and every sample student."""
+def submit_fixtures(course):
+    """The source, the blank release and every sample student, as submissions."""
     notebook.write(notebook.read(SOURCE), grading.submission_path(course, "solution"))
     notebook.write(notebook.read(grading.release_path(course)), grading.submission_path(course, "blank"))
     grading.write_samples(course, STUDENTS)
+    return ["solution", "blank", *(s.name for s in STUDENTS)]
+
+
+@pytest.fixture(scope="session")
+def source_nb():
+    return notebook.read(SOURCE)
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory):
+    return make_course(tmp_path_factory, "course")
+
+
+@pytest.fixture(scope="session")
+def graded(course):
+    """Gradebook scores after plain `nbgrader autograde` of every fixture, and feedback."""
+    submit_fixtures(course)
     grading.autograde(course)
     grading.generate_feedback(course)
     return grading.cell_scores(course)

@@ -10,13 +10,15 @@ from nncourse.samples import STUDENTS
 from conftest import SOURCE
 
 
-def autograded_scores(scores, student):
-    return {gid: v for gid, v in scores[student].items() if not v[2]}
+def autograded_scores(scores, student, source_nb):
+    """Scores of the test cells (unanswered written answers are also scored 0 automatically)."""
+    tests = notebook.autograded_ids(source_nb)
+    return {gid: v for gid, v in scores[student].items() if gid in tests}
 
 
 def test_source_earns_every_autograded_point(graded, source_nb):
     expected = notebook.autograded_ids(source_nb)
-    got = autograded_scores(graded, "solution")
+    got = autograded_scores(graded, "solution", source_nb)
     assert set(got) == set(expected)
     lost = {gid: f"{s}/{m}" for gid, (s, m, _) in got.items() if s != m}
     assert not lost, f"the solution loses points in {lost}"
@@ -24,7 +26,7 @@ def test_source_earns_every_autograded_point(graded, source_nb):
 
 
 def test_blank_release_earns_no_autograded_point(graded, source_nb):
-    got = autograded_scores(graded, "blank")
+    got = autograded_scores(graded, "blank", source_nb)
     assert set(got) == set(notebook.autograded_ids(source_nb)), "the blank release was not fully graded"
     earned = {gid: s for gid, (s, _, _) in got.items() if s != 0}
     assert not earned, f"the blank release earns points in {earned}"
@@ -35,7 +37,7 @@ def test_sample_student_gets_the_designed_grade(graded, source_nb, student):
     expected = {gid: (0.0 if gid in student.fails else points)
                 for gid, points in notebook.autograded_ids(source_nb).items()}
     assert student.fails <= set(expected), "the sample names cells that do not exist"
-    got = {gid: s for gid, (s, _, _) in autograded_scores(graded, student.name).items()}
+    got = {gid: s for gid, (s, _, _) in autograded_scores(graded, student.name, source_nb).items()}
     wrong = {gid: f"got {got.get(gid)}, designed {want}" for gid, want in expected.items() if got.get(gid) != want}
     assert not wrong, f"{student.name} ({student.description}): {wrong}"
 
@@ -64,13 +66,20 @@ def visible_text(page):
     return html.unescape(re.sub(r"<[^>]+>", "", page))
 
 
+GRADER_ONLY = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS|"
+                         r"=== BEGIN MARK SCHEME ===\n(.*?)=== END MARK SCHEME ===", re.S)
+
+
 def grader_only_lines(source_nb):
-    lines = set()
+    """Lines of hidden tests and rubrics whose text appears nowhere else in the source notebook
+    (the reference solution shares lines with the students' own code and the given cells)."""
+    hidden, elsewhere = set(), []
     for cell in source_nb.cells:
-        for block in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS|"
-                                r"=== BEGIN MARK SCHEME ===\n(.*?)=== END MARK SCHEME ===", cell.source, re.S):
-            lines |= {line.strip() for line in "".join(block).splitlines() if len(line.strip()) >= 12}
-    return lines
+        for block in GRADER_ONLY.findall(cell.source):
+            hidden |= {line.strip() for line in "".join(block).splitlines() if len(line.strip()) >= 12}
+        elsewhere.append(GRADER_ONLY.sub("", cell.source))
+    elsewhere = "\n".join(elsewhere)
+    return {line for line in hidden if line not in elsewhere}
 
 
 def test_feedback_hides_hidden_tests_and_rubrics(graded, course, source_nb):
@@ -94,7 +103,7 @@ def test_feedback_explains_failures_without_the_test_code(graded, course):
 
 def test_export_lists_every_student(graded, course):
     from nncourse import grading
-    rows = grading.export_totals(course).read_text().splitlines()
-    students = {row.split(",")[1] for row in rows[1:]}
+    rows = grading.export_grades(course).read_text().splitlines()
+    students = {row.split(",")[3] for row in rows[1:]}
     assert students == set(graded)
     assert len(rows) == len(graded) + 1

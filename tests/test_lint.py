@@ -37,12 +37,12 @@ def region_without_stub(nb):
     c.source = "\n".join(line for line in c.source.splitlines() if "# STUB:" not in line)
 
 
-def test_without_docstring(nb):
+def missing_docstring(nb):
     c = cell(nb, "task4_update_autograd_correct")
     c.source = c.source.split("\n", 1)[1]
 
 
-def test_without_task_prefix(nb):
+def missing_task_prefix(nb):
     notebook.meta(cell(nb, "task5_cnn_accuracy"))["grade_id"] = "cnn_accuracy"
 
 
@@ -69,8 +69,8 @@ MISTAKES = {
     unclosed_region: "never closed",
     nested_region: "inside an open",
     region_without_stub: "no '# STUB: ' line",
-    test_without_docstring: "one-line docstring",
-    test_without_task_prefix: "should start with its task",
+    missing_docstring: "one-line docstring",
+    missing_task_prefix: "should start with its task",
     hidden_tests_in_student_cell: "hidden tests outside",
     locked_solution: "solution cell is locked",
     answer_without_points: "without positive points",

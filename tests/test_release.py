@@ -28,7 +28,7 @@ def test_one_solution_region_per_seed_blank(source_nb):
     seed = json.loads(SEED.read_text())
     seed_blanks = blank_lines(seed["cells"])
     # Task 1's blank is two seed lines (the commented hint and the constant batch) and one region.
-    assert regions == len([b for b in seed_blanks if "TODO" not in b]) == 41
+    assert regions == len([b for b in seed_blanks if "TODO" not in b]) == 42
 
 
 def comparable(nb):
@@ -57,7 +57,8 @@ def test_release_leaks_no_solution_hidden_test_or_rubric(source_nb):
                    "Rubric", "ACCURACY_TOLERANCE"]:
         assert marker not in text, marker
     release_lines = {line.strip() for c in notebook.read(RELEASE).cells for line in c.source.splitlines()}
-    answers = solution_lines(source_nb)
+    seed_lines = {line.strip() for c in json.loads(SEED.read_text())["cells"] for line in c["source"]}
+    answers = solution_lines(source_nb) - seed_lines  # the seed's given code is not a leak
     assert len(answers) > 40
     assert not answers & release_lines, f"solution lines in the release: {sorted(answers & release_lines)[:5]}"
 
@@ -75,7 +76,7 @@ def test_release_keeps_test_cells_locked_and_answers_editable():
 def test_visible_tests_open_with_a_docstring_and_have_points():
     release = notebook.read(RELEASE)
     tests = [c for c in release.cells if notebook.role(c) == "test"]
-    assert len(tests) == 29
+    assert len(tests) == 27
     for cell in tests:
         assert cell.source.startswith('"""'), notebook.meta(cell)["grade_id"]
         assert notebook.meta(cell)["points"] > 0
