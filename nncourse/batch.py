@@ -1,0 +1,312 @@
+"""Batch autograding: execute submissions in parallel, write the gradebook from one process.
+
+nbgrader grades one submission after another, and several processes must not write one SQLite
+gradebook. Here the heavy step, executing each notebook, runs on W local processes or on the
+workers of a Dask cluster. The driver then runs nbgrader's own autograde for each student, one
+at a time, with nbgrader's Execute step replaced by ReplayExecution, which puts in the outputs
+computed on the worker. Everything else (restoring cells, scores, submission records, late
+penalties, the files in autograded/) is nbgrader's own code, so the gradebook is what sequential
+`nbgrader autograde` writes.
+
+State per student lives in .batch/<assignment>/: <student>.json once graded (with the hash of
+the submission: unchanged submissions are skipped unless forced), and the executed notebook, so
+a run interrupted after execution does not execute again. logs/<assignment>/<student>.log keeps
+each student's log.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+
+import nbformat
+from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, Execute, NbGraderPreprocessor,
+                                    OverwriteCells, OverwriteKernelspec)
+from traitlets import Unicode
+
+from . import kernel_env
+from .grading import ASSIGNMENT, NOTEBOOK
+
+PACKAGE_COURSE = Path(__file__).resolve().parent.parent
+SANITIZE_STEPS = (ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata)
+
+
+@dataclass
+class Outcome:
+    """What executing one submission gave."""
+    student: str
+    sha: str
+    executed: str = ""   # executed notebook (JSON); empty if nothing could run
+    reason: str = ""     # why grading was not normal: unreadable notebook, dead kernel, timeout...
+    seconds: float = 0.0
+    worker: str = ""
+
+
+# ------------------------------------------------------------------------------ worker side
+def mark_unrun_cells(nb, reason):
+    """Give every code cell that did not run an error output, so that its tests score 0."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.get("execution_count") is None and not cell.get("outputs"):
+            cell.outputs = [nbformat.v4.new_output("error", ename="NotRun", evalue=reason,
+                                                   traceback=[f"NotRun: {reason}"])]
+
+
+def timed_out(nb):
+    return any(o.get("ename") == "CellTimeoutError" for c in nb.cells for o in c.get("outputs", []))
+
+
+def execute_submission(student, sha, notebook_json, timeout, threads):
+    """Run one sanitized notebook with nbgrader's Execute preprocessor, on a worker.
+
+    Nothing comes from the driver's filesystem: the notebook arrives as an argument, MNIST is
+    this machine's own ($MNIST_DIR, or data/mnist of the checkout that ran ./setup)."""
+    from nbgrader.utils import setenv
+
+    started = time.time()
+    worker = f"{os.uname().nodename}:{os.getpid()}"
+    data_dir = Path(os.environ.get("MNIST_DIR") or PACKAGE_COURSE / "data" / "mnist")
+    if not (data_dir / "MNIST" / "raw").is_dir():
+        return asdict(Outcome(student, sha, worker=worker,
+                              reason=f"MNIST is missing on worker {worker} ({data_dir}): run ./setup --no-demo there"))
+    nb = nbformat.reads(notebook_json, as_version=4)
+    reason = ""
+    saved = dict(os.environ)
+    os.environ.update(kernel_env.kernel_environment(os.environ, data_dir, threads=threads))  # kernels inherit it
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, \
+                setenv(NBGRADER_EXECUTION="autograde"):
+            Execute(timeout=timeout).preprocess(nb, {"metadata": {"path": scratch}})
+    except Exception as err:  # a dead kernel, a kernel that never started...
+        reason = f"execution stopped: {type(err).__name__}: {str(err).strip()[:300]}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if reason:
+        mark_unrun_cells(nb, reason)
+    elif timed_out(nb):
+        reason = f"a cell ran longer than the {timeout} s limit and was interrupted"
+    return asdict(Outcome(student, sha, nbformat.writes(nb), reason, round(time.time() - started, 1), worker))
+
+
+# ------------------------------------------------------------------------------ driver side
+class ReplayExecution(NbGraderPreprocessor):
+    """Stands in for nbgrader's Execute step: puts in the outputs computed on a worker."""
+    executed_dir = Unicode("", help="folder holding <student>.executed.ipynb").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        student = resources["nbgrader"]["student"]
+        executed = nbformat.read(str(Path(self.executed_dir) / f"{student}.executed.ipynb"), as_version=4)
+        if [c.source for c in executed.cells] != [c.source for c in nb.cells]:
+            raise RuntimeError(f"the executed notebook of {student} does not match its sanitized submission")
+        for cell, done in zip(nb.cells, executed.cells):
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = done.outputs, done.execution_count
+        return nb, resources
+
+
+def load_config(course):
+    from traitlets.config.loader import PyFileConfigLoader
+    return PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+
+
+class Driver:
+    """Sanitizes submissions and records results; the only process that writes the gradebook."""
+
+    def __init__(self, course, assignment=ASSIGNMENT):
+        self.course = Path(course).resolve()
+        self.assignment = assignment
+        self.state = self.course / ".batch" / assignment
+        self.logs = self.course / "logs" / assignment
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.config = load_config(self.course)
+
+    def folder(self, student):
+        return self.course / "submitted" / student / self.assignment
+
+    def students(self):
+        return sorted(p.parent.name for p in (self.course / "submitted").glob(f"*/{self.assignment}") if p.is_dir())
+
+    def sha(self, student):
+        digest = hashlib.sha256()
+        for path in sorted(self.folder(student).rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(self.folder(student))).encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
+    def graded_record(self, student):
+        path = self.state / f"{student}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def sanitized(self, student):
+        """(notebook JSON after nbgrader's sanitize steps, "") or ("", why it cannot run)."""
+        path = self.folder(student) / f"{NOTEBOOK}.ipynb"
+        if not path.exists():
+            return "", f"no notebook submitted ({path.name} is missing)"
+        try:
+            nb = nbformat.read(str(path), as_version=4)
+        except Exception as err:
+            return "", f"the notebook cannot be read: {type(err).__name__}: {str(err)[:200]}"
+        resources = {"nbgrader": {"notebook": NOTEBOOK, "assignment": self.assignment, "student": student,
+                                  "db_url": self.config.CourseDirectory.db_url}}
+        for step in SANITIZE_STEPS:
+            nb, resources = step(config=self.config).preprocess(nb, resources)
+        return nbformat.writes(nb), ""
+
+    def cached_outcome(self, student, sha):
+        """The execution of this exact submission kept by an interrupted run, if any."""
+        meta, executed = self.state / f"{student}.outcome.json", self.state / f"{student}.executed.ipynb"
+        if not (meta.exists() and executed.exists()):
+            return None
+        outcome = json.loads(meta.read_text())
+        return dict(outcome, executed=executed.read_text()) if outcome.get("sha") == sha else None
+
+    def save_outcome(self, outcome):
+        (self.state / f"{outcome['student']}.executed.ipynb").write_text(outcome["executed"])
+        (self.state / f"{outcome['student']}.outcome.json").write_text(
+            json.dumps({k: v for k, v in outcome.items() if k != "executed"}))
+
+    def autograde(self, outcome):
+        """nbgrader autograde for one student, replaying the execution done on a worker."""
+        from nbgrader.apps import NbGraderAPI
+        from nbgrader.converters import Autograde
+        from nbgrader.coursedir import CourseDirectory
+        student = outcome["student"]
+        config = load_config(self.course)
+        steps = config.Autograde.get("autograde_preprocessors") or Autograde.autograde_preprocessors.default_value
+        config.Autograde.autograde_preprocessors = [ReplayExecution if s is Execute else s for s in steps]
+        config.ReplayExecution.executed_dir = str(self.state)
+        if outcome["executed"]:
+            self.save_outcome(outcome)
+        else:  # nothing could run: nbgrader grades a copy without the notebook, every cell 0
+            stand_in = self.course / ".batch" / "unrunnable"
+            copy = stand_in / student / self.assignment
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(self.folder(student), copy)
+            (copy / f"{NOTEBOOK}.ipynb").unlink(missing_ok=True)
+            config.CourseDirectory.submitted_directory = str(stand_in.relative_to(self.course))
+        here = os.getcwd()
+        os.chdir(self.course)
+        try:
+            api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+            return api.autograde(self.assignment, student, force=True, create=True)
+        finally:
+            os.chdir(here)
+
+    def finish(self, outcome):
+        """Write one student's grades (nbgrader autograde), log and record them."""
+        student = outcome["student"]
+        result = self.autograde(outcome)
+        summary = {k: v for k, v in outcome.items() if k != "executed"}
+        summary["graded"] = bool(result.get("success"))
+        if not summary["graded"]:
+            summary["reason"] = "; ".join(filter(None, [summary["reason"], "nbgrader autograde failed (see log)"]))
+        (self.logs / f"{student}.log").write_text("\n".join([
+            f"student: {student}", f"worker: {outcome['worker'] or '-'}", f"seconds: {outcome['seconds']}",
+            f"reason: {summary['reason'] or 'none'}", "", result.get("log", ""), result.get("error", "") or ""]))
+        if summary["graded"]:
+            (self.state / f"{student}.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+class Runner:
+    """Runs worker tasks on a Dask cluster (scheduler address) or on local processes."""
+
+    def __init__(self, workers, scheduler=None):
+        self.client = self.pool = None
+        if scheduler:
+            from distributed import Client
+            self.client = Client(scheduler)
+        else:
+            self.pool = ProcessPoolExecutor(max_workers=workers)
+
+    def submit(self, fn, **kwargs):
+        if self.client:  # a task whose worker vanishes is given to another worker
+            return self.client.submit(fn, **kwargs, pure=False, retries=2)
+        return self.pool.submit(fn, **kwargs)
+
+    def outcomes(self, futures):
+        """Outcomes as tasks finish; a task that fails as a whole becomes an outcome with its reason."""
+        if self.client:
+            from distributed import as_completed as finished_in_order
+        else:
+            finished_in_order = as_completed
+        for future in finished_in_order(list(futures)):
+            student, sha = futures[future]
+            try:
+                yield future.result()
+            except Exception as err:
+                yield asdict(Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}"))
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
+        if self.client:
+            self.client.close()
+
+
+class Progress:
+    """One line on stderr: a bar, counts and an ETA."""
+
+    def __init__(self, total):
+        self.total, self.done, self.started = total, 0, time.time()
+
+    def step(self):
+        self.done += 1
+        elapsed = time.time() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} graded, "
+                         f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s " + ("\n" if self.done == self.total else ""))
+        sys.stderr.flush()
+
+
+def default_workers():
+    return len(os.sched_getaffinity(0))
+
+
+def grade(course, students=None, workers=None, scheduler=None, force=False, assignment=ASSIGNMENT, log=print):
+    """Grade the named students (default: every submission). Returns {student: summary}."""
+    driver = Driver(course, assignment)
+    names = students or driver.students()
+    missing = [s for s in names if not driver.folder(s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no submission folder for {missing} in {driver.course / 'submitted'}")
+    workers = workers or default_workers()
+    threads = max(1, default_workers() // workers)
+    results, todo = {}, []
+    for student in names:
+        sha = driver.sha(student)
+        record = driver.graded_record(student)
+        if not force and record.get("sha") == sha:
+            results[student] = record
+        else:
+            todo.append((student, sha))
+    log(f"{len(names)} submissions: {len(todo)} to grade, {len(names) - len(todo)} unchanged since graded; "
+        f"{workers} at a time, {threads} thread(s) each" + (f", on {scheduler}" if scheduler else ""))
+    if not todo:
+        return results
+    runner = Runner(workers, scheduler)
+    try:
+        ready, futures = [], {}
+        for student, sha in todo:
+            cached = driver.cached_outcome(student, sha)
+            notebook_json, reason = ("", "") if cached else driver.sanitized(student)
+            if cached or reason:
+                ready.append(cached or asdict(Outcome(student, sha, reason=reason)))
+            else:
+                futures[runner.submit(execute_submission, student=student, sha=sha, notebook_json=notebook_json,
+                                      timeout=driver.config.Execute.get("timeout", 600), threads=threads)] = (student, sha)
+        bar = Progress(len(todo))
+        for outcome in chain(ready, runner.outcomes(futures)):
+            results[outcome["student"]] = driver.finish(outcome)
+            bar.step()
+    finally:
+        runner.close()
+    return results

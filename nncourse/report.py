@@ -1,0 +1,105 @@
+"""Instructor report after a batch: one HTML page with score distributions per task and per
+written question, the tests failed most often (with their messages), and the submissions that
+could not be graded normally."""
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from . import notebook
+from .export import task_of
+from .grading import ASSIGNMENT, NOTEBOOK, cell_scores
+
+
+def failure_messages(course, student, assignment=ASSIGNMENT):
+    """{grade_id: first line of the error} for the failed graded cells of one autograded notebook."""
+    path = Path(course) / "autograded" / student / assignment / f"{NOTEBOOK}.ipynb"
+    if not path.exists():
+        return {}
+    messages = {}
+    for cell in notebook.read(path).cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "error" and notebook.meta(cell).get("grade"):
+                messages[notebook.meta(cell)["grade_id"]] = f"{output.ename}: {output.evalue}".splitlines()[0][:300]
+            elif output.output_type == "stream" and output.name == "stderr" and notebook.meta(cell).get("grade"):
+                messages.setdefault(notebook.meta(cell)["grade_id"], "wrote to stderr: " + output.text[:200])
+    return messages
+
+
+def figure(fig):
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def distributions(groups, title):
+    """Histograms of points, one panel per group: {name: (scores, max_points)}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 2.6), squeeze=False)
+    for ax, (name, (scores, top)) in zip(axes[0], groups.items()):
+        ax.hist(scores, bins=[x - 0.5 for x in range(int(top) + 2)], color="#4c72b0", rwidth=0.85)
+        ax.set_title(f"{name} (max {top:g})", fontsize=10)
+        ax.set_xlabel("points")
+        ax.set_xlim(-0.5, top + 0.5)
+    axes[0][0].set_ylabel("students")
+    fig.suptitle(title)
+    return figure(fig)
+
+
+def table(header, rows):
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(course, assignment=ASSIGNMENT):
+    course = Path(course)
+    scores = cell_scores(course)
+    students = sorted(scores)
+    if not students:
+        raise ValueError("the gradebook has no graded submission yet: run the batch first")
+    manual = sorted({g for s in scores.values() for g, v in s.items() if v[2] or "_why_" in g})
+    auto = sorted({g for s in scores.values() for g in s} - set(manual))
+    tasks = sorted({task_of(g) for g in auto})
+    per_task = {t: ([sum(scores[s][g][0] for g in auto if task_of(g) == t and g in scores[s]) for s in students],
+                    sum(scores[students[0]][g][1] for g in auto if task_of(g) == t)) for t in tasks}
+    graded_answers = {g: ([scores[s][g][0] for s in students if not scores[s][g][2]], scores[students[0]][g][1])
+                      for g in manual}
+
+    messages = {s: failure_messages(course, s, assignment) for s in students}
+    failures = Counter(g for s in students for g in auto if scores[s][g][0] < scores[s][g][1])
+    failed_rows = []
+    for gid, count in failures.most_common():
+        common = Counter(messages[s].get(gid, "(no message)") for s in students
+                         if scores[s][gid][0] < scores[s][gid][1]).most_common(3)
+        failed_rows.append([gid, f"{count}/{len(students)}", " | ".join(f"{n}x {m}" for m, n in common)])
+
+    records = [json.loads(p.read_text()) for p in sorted((course / ".batch" / assignment).glob("*.json"))
+               if not p.name.endswith(".outcome.json")]
+    problems = [[r["student"], r["reason"], r.get("seconds", "")] for r in records if r.get("reason")]
+    auto_totals = [sum(scores[s][g][0] for g in auto if g in scores[s]) for s in students]
+    waiting = sum(1 for s in students for g in manual if scores[s].get(g, (0, 0, False))[2])
+
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{assignment}: grading report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px;vertical-align:top}}</style></head><body>
+<h1>{assignment}: grading report</h1>
+<p>{len(students)} submissions. Autograded points: mean {sum(auto_totals) / len(students):.1f},
+min {min(auto_totals):g}, max {max(auto_totals):g} of {sum(m for _, m in per_task.values()):g}.
+Written answers waiting for a grader: {waiting}.</p>
+<h2>Autograded points per task</h2>{distributions(per_task, "autograded points per task")}
+<h2>Written questions (graded so far)</h2>{distributions(graded_answers, "manually graded answers")}
+<h2>Tests failed most often</h2>{table(["test", "failed", "most common messages"], failed_rows)}
+<h2>Submissions that errored or timed out</h2>
+{table(["student", "reason", "seconds"], problems) if problems else "<p>None.</p>"}
+</body></html>"""
+    out = course / "reports" / f"{assignment}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out

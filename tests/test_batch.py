@@ -1,0 +1,174 @@
+"""Parallel batch grading: same gradebook as sequential nbgrader, locally and on a Dask cluster;
+broken submissions are graded with a reason; reruns are idempotent."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nncourse import batch, grading, notebook
+from nncourse.samples import BY_NAME
+
+from conftest import DATA_DIR, REPO, make_course, submit_fixtures
+
+TIMEOUT = 60  # per cell in these courses, so that the endless loop below is stopped soon
+
+
+def broken_submissions(course):
+    """Submissions that cannot be graded normally, next to the fixtures."""
+    release = notebook.read(grading.release_path(course))
+    correct = notebook.fill_blanks(release, BY_NAME["correct"].answers())
+
+    def with_first_line(cell_id, line):
+        nb = notebook.fill_blanks(correct, {})
+        cell = notebook.cells_by_id(nb)[cell_id]
+        cell.source = line + "\n" + cell.source
+        return nb
+
+    notebook.write(with_first_line("task2_cross_entropy_numpy", "import os; os._exit(1)"),
+                   grading.submission_path(course, "kernel_dies"))
+    notebook.write(with_first_line("task2_update_numpy", "while True: pass"),
+                   grading.submission_path(course, "endless_loop"))
+    corrupt = grading.submission_path(course, "corrupt_notebook")
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b'{"cells": [\xff\xfe not json')
+    missing = grading.submission_path(course, "missing_notebook")
+    missing.parent.mkdir(parents=True)
+    (missing.parent / "notes.txt").write_text("I forgot to upload the notebook")
+    return ["kernel_dies", "endless_loop", "corrupt_notebook", "missing_notebook"]
+
+
+def make_batch_course(tmp_path_factory, name):
+    course = make_course(tmp_path_factory, name, extra_config=f"c.Execute.timeout = {TIMEOUT}")
+    return course, submit_fixtures(course) + broken_submissions(course)
+
+
+@pytest.fixture(scope="session")
+def batch_local(tmp_path_factory):
+    course, students = make_batch_course(tmp_path_factory, "batch_local")
+    started = time.time()
+    results = batch.grade(course, workers=2)
+    return course, results, grading.cell_scores(course), time.time() - started
+
+
+def test_batch_gradebook_equals_sequential_nbgrader(batch_local, graded):
+    course, results, scores, _ = batch_local
+    common = set(graded)
+    assert common <= set(scores)
+    for student in sorted(common):
+        assert scores[student] == graded[student], student
+
+
+def test_batch_submission_records_equal_sequential_nbgrader(batch_local, course, graded):
+    from nbgrader.api import Gradebook
+    batch_course = batch_local[0]
+
+    def records(root):
+        with Gradebook(f"sqlite:///{root / 'gradebook' / 'gradebook.db'}") as gb:
+            return {s.student.id: (s.timestamp, s.score, s.max_score, s.code_score, s.needs_manual_grade,
+                                   s.late_submission_penalty, len(s.notebooks))
+                    for s in gb.find_assignment("tutorial3").submissions}
+
+    mine, theirs = records(batch_course), records(course)
+    assert {s: mine[s] for s in theirs} == theirs
+    for student in theirs:  # nbgrader's own files for each student
+        assert (batch_course / "autograded" / student / "tutorial3" / "tutorial3.ipynb").exists()
+
+
+def test_broken_submissions_are_graded_with_a_reason(batch_local, source_nb):
+    course, results, scores, _ = batch_local
+    tests = notebook.autograded_ids(source_nb)
+
+    def earned(student):
+        return {g for g, (s, m, _) in scores[student].items() if g in tests and s == m}
+
+    assert "cannot be read" in results["corrupt_notebook"]["reason"]
+    assert "no notebook submitted" in results["missing_notebook"]["reason"]
+    for student in ["corrupt_notebook", "missing_notebook"]:
+        assert set(scores[student]) == set(scores["correct"]) and not earned(student)
+    assert "execution stopped" in results["kernel_dies"]["reason"]
+    assert earned("kernel_dies") == {"task1_random_batch_changes", "task1_random_batch_correct"}
+    assert f"longer than the {TIMEOUT} s limit" in results["endless_loop"]["reason"]
+    assert set(tests) - earned("endless_loop") == {"task2_update_numpy_correct"}
+    log = (course / "logs" / "tutorial3" / "kernel_dies.log").read_text()
+    assert "reason: execution stopped" in log
+
+
+def test_rerun_skips_unchanged_and_regrades_interrupted(batch_local):
+    course, _, scores, _ = batch_local
+    state = course / ".batch" / "tutorial3"
+    (state / "constant_batch.json").unlink()  # as if the run stopped before recording this student
+    lines = []
+    results = batch.grade(course, workers=2, log=lines.append)
+    assert "1 to grade" in lines[0], lines
+    assert grading.cell_scores(course) == scores  # nothing lost, nothing counted twice
+    assert json.loads((state / "constant_batch.json").read_text())["graded"]
+    assert results["constant_batch"]["worker"]  # executed before, replayed from the kept execution
+
+
+def test_regrading_one_student_alone_gives_the_same_grades(batch_local):
+    course, _, scores, _ = batch_local
+    results = batch.grade(course, ["numpy_relu_mask_missing"], workers=1, force=True)
+    assert list(results) == ["numpy_relu_mask_missing"]
+    assert grading.cell_scores(course) == scores
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1. The workers run in
+    their own folder and never see the course folder: they get each notebook from the driver."""
+    folder = tmp_path_factory.mktemp("dask")
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    env = dict(os.environ, PYTHONPATH=str(REPO), MNIST_DIR=str(DATA_DIR))
+    scheduler_file = folder / "scheduler.json"
+    common = dict(cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "dask.log", "w"))
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], **common)]
+    for _ in range(30):
+        if scheduler_file.exists():
+            break
+        time.sleep(1)
+    for _ in range(2):
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                       "--no-dashboard", "--memory-limit", "0", "--host", "127.0.0.1"], **common))
+    address = json.loads(scheduler_file.read_text())["address"]
+    from distributed import Client
+    with Client(address) as client:
+        client.wait_for_workers(2, timeout=120)
+    yield address
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def test_dask_cluster_gives_the_same_gradebook(dask_cluster, batch_local, tmp_path_factory):
+    course, students = make_batch_course(tmp_path_factory, "batch_dask")
+    results = batch.grade(course, scheduler=dask_cluster, workers=2)
+    assert set(results) == set(students)
+    workers = {r["worker"] for r in results.values() if r.get("worker")}
+    assert len(workers) == 2, f"expected both dask workers to grade, got {workers}"
+    assert grading.cell_scores(course) == batch_local[2]
+    reasons = {s: r["reason"].split(":")[0] for s, r in results.items()}
+    assert reasons == {s: r["reason"].split(":")[0] for s, r in batch_local[1].items()}
+
+
+def test_report_and_per_cell_export(batch_local, source_nb):
+    from nncourse import report
+    course, _, scores, _ = batch_local
+    page = report.write_report(course).read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "task2_mlp_numpy_backward_correct" in page and "grad_w1 is wrong" in page
+    assert "kernel_dies" in page and "execution stopped" in page
+    import csv
+    with open(grading.export_grades(course), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["student_id"] for r in rows} == set(scores)
+    row = next(r for r in rows if r["student_id"] == "numpy_relu_mask_missing")
+    assert float(row["task2_mlp_numpy_backward_correct"]) == 0 and float(row["task1_random_batch_correct"]) == 2
+    assert float(row["task2_total"]) == sum(v[0] for g, v in scores["numpy_relu_mask_missing"].items()
+                                           if g.startswith("task2"))
+    assert float(row["total"]) == sum(v[0] for v in scores["numpy_relu_mask_missing"].values())
+    assert set(notebook.autograded_ids(source_nb)) <= set(rows[0])
