@@ -179,12 +179,11 @@ class Driver:
         from nbgrader.coursedir import CourseDirectory
         student = outcome["student"]
         config = load_config(self.course)
-        steps = config.Autograde.get("autograde_preprocessors") or Autograde.autograde_preprocessors.default_value
+        steps = config.Autograde.get("autograde_preprocessors") or \
+            Autograde.class_traits()["autograde_preprocessors"].default()
         config.Autograde.autograde_preprocessors = [ReplayExecution if s is Execute else s for s in steps]
         config.ReplayExecution.executed_dir = str(self.state)
-        if outcome["executed"]:
-            self.save_outcome(outcome)
-        else:  # nothing could run: nbgrader grades a copy without the notebook, every cell 0
+        if not outcome["executed"]:  # nothing could run: nbgrader grades a copy without the notebook, every cell 0
             stand_in = self.course / ".batch" / "unrunnable"
             copy = stand_in / student / self.assignment
             shutil.rmtree(copy, ignore_errors=True)
@@ -202,6 +201,8 @@ class Driver:
     def finish(self, outcome):
         """Write one student's grades (nbgrader autograde), log and record them."""
         student = outcome["student"]
+        if outcome["executed"]:
+            self.save_outcome(outcome)
         result = self.autograde(outcome)
         summary = {k: v for k, v in outcome.items() if k != "executed"}
         summary["graded"] = bool(result.get("success"))
@@ -215,30 +216,48 @@ class Driver:
         return summary
 
 
+class Deferred:
+    """A task run in this process when its result is asked for."""
+
+    def __init__(self, fn, kwargs):
+        self.fn, self.kwargs = fn, kwargs
+
+    def result(self):
+        return self.fn(**self.kwargs)
+
+
 class Runner:
-    """Runs worker tasks on a Dask cluster (scheduler address) or on local processes."""
+    """Runs worker tasks on a Dask cluster (given its scheduler's address), on local processes,
+    or, for one at a time, in this process."""
 
     def __init__(self, workers, scheduler=None):
         self.client = self.pool = None
         if scheduler:
             from distributed import Client
             self.client = Client(scheduler)
-        else:
+        elif workers > 1:
             self.pool = ProcessPoolExecutor(max_workers=workers)
 
     def submit(self, fn, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker
             return self.client.submit(fn, **kwargs, pure=False, retries=2)
-        return self.pool.submit(fn, **kwargs)
+        if self.pool:
+            return self.pool.submit(fn, **kwargs)
+        return Deferred(fn, kwargs)
 
-    def outcomes(self, futures):
-        """Outcomes as tasks finish; a task that fails as a whole becomes an outcome with its reason."""
+    def finished(self, tasks):
         if self.client:
-            from distributed import as_completed as finished_in_order
+            from distributed import as_completed as dask_as_completed
+            yield from dask_as_completed(list(tasks))
+        elif self.pool:
+            yield from as_completed(tasks)
         else:
-            finished_in_order = as_completed
-        for future in finished_in_order(list(futures)):
-            student, sha = futures[future]
+            yield from tasks
+
+    def outcomes(self, tasks):
+        """Outcomes as tasks finish; a task that fails as a whole becomes an outcome with its reason."""
+        for future in self.finished(tasks):
+            student, sha = tasks[future]
             try:
                 yield future.result()
             except Exception as err:
@@ -278,8 +297,6 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     missing = [s for s in names if not driver.folder(s).is_dir()]
     if missing:
         raise FileNotFoundError(f"no submission folder for {missing} in {driver.course / 'submitted'}")
-    workers = workers or default_workers()
-    threads = max(1, default_workers() // workers)
     results, todo = {}, []
     for student in names:
         sha = driver.sha(student)
@@ -288,6 +305,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
             results[student] = record
         else:
             todo.append((student, sha))
+    workers = max(1, min(workers or default_workers(), len(todo)))
+    threads = max(1, default_workers() // workers)
     log(f"{len(names)} submissions: {len(todo)} to grade, {len(names) - len(todo)} unchanged since graded; "
         f"{workers} at a time, {threads} thread(s) each" + (f", on {scheduler}" if scheduler else ""))
     if not todo:
@@ -296,7 +315,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     try:
         ready, futures = [], {}
         for student, sha in todo:
-            cached = driver.cached_outcome(student, sha)
+            cached = None if force else driver.cached_outcome(student, sha)
             notebook_json, reason = ("", "") if cached else driver.sanitized(student)
             if cached or reason:
                 ready.append(cached or asdict(Outcome(student, sha, reason=reason)))
