@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -65,7 +66,8 @@ def execute_submission(student, sha, notebook_json, timeout, threads):
     """Run one sanitized notebook with nbgrader's Execute preprocessor, on a worker.
 
     Nothing comes from the driver's filesystem: the notebook arrives as an argument, MNIST is
-    this machine's own ($MNIST_DIR, or data/mnist of the checkout that ran ./setup)."""
+    this machine's own ($MNIST_DIR, or data/mnist of the checkout that ran ./setup). `threads`
+    caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1)."""
     from nbgrader.utils import setenv
 
     started = time.time()
@@ -75,6 +77,7 @@ def execute_submission(student, sha, notebook_json, timeout, threads):
         return asdict(Outcome(student, sha, worker=worker,
                               reason=f"MNIST is missing on worker {worker} ({data_dir}): run ./setup --no-demo there"))
     nb = nbformat.reads(notebook_json, as_version=4)
+    threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
     reason = ""
     saved = dict(os.environ)
     os.environ.update(kernel_env.kernel_environment(os.environ, data_dir, threads=threads))  # kernels inherit it
@@ -153,11 +156,27 @@ class Driver:
             nb = nbformat.read(str(path), as_version=4)
         except Exception as err:
             return "", f"the notebook cannot be read: {type(err).__name__}: {str(err)[:200]}"
+        return nbformat.writes(self.sanitize(nb, student)), ""
+
+    def sanitize(self, nb, student):
         resources = {"nbgrader": {"notebook": NOTEBOOK, "assignment": self.assignment, "student": student,
                                   "db_url": self.config.CourseDirectory.db_url}}
         for step in SANITIZE_STEPS:
             nb, resources = step(config=self.config).preprocess(nb, resources)
-        return nbformat.writes(nb), ""
+        return nb
+
+    def stand_in(self, outcome):
+        """For a submission that could not run: the blank release in its place, every code cell
+        failing with the reason, so that nbgrader records 0 for each test and keeps the reason."""
+        student = outcome["student"]
+        folder = self.course / ".batch" / "stand-ins" / student / self.assignment
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(self.folder(student), folder, ignore=shutil.ignore_patterns(f"{NOTEBOOK}.ipynb"))
+        release = self.course / "release" / self.assignment / f"{NOTEBOOK}.ipynb"
+        shutil.copy(release, folder / f"{NOTEBOOK}.ipynb")
+        nb = self.sanitize(nbformat.read(str(release), as_version=4), student)  # outputs cleared
+        mark_unrun_cells(nb, outcome["reason"])
+        return dict(outcome, executed=nbformat.writes(nb), stand_in=True), folder.parent.parent
 
     def cached_outcome(self, student, sha):
         """The execution of this exact submission kept by an interrupted run, if any."""
@@ -172,7 +191,7 @@ class Driver:
         (self.state / f"{outcome['student']}.outcome.json").write_text(
             json.dumps({k: v for k, v in outcome.items() if k != "executed"}))
 
-    def autograde(self, outcome):
+    def autograde(self, outcome, submitted_dir=None):
         """nbgrader autograde for one student, replaying the execution done on a worker."""
         from nbgrader.apps import NbGraderAPI
         from nbgrader.converters import Autograde
@@ -183,27 +202,26 @@ class Driver:
             Autograde.class_traits()["autograde_preprocessors"].default()
         config.Autograde.autograde_preprocessors = [ReplayExecution if s is Execute else s for s in steps]
         config.ReplayExecution.executed_dir = str(self.state)
-        if not outcome["executed"]:  # nothing could run: nbgrader grades a copy without the notebook, every cell 0
-            stand_in = self.course / ".batch" / "unrunnable"
-            copy = stand_in / student / self.assignment
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(self.folder(student), copy)
-            (copy / f"{NOTEBOOK}.ipynb").unlink(missing_ok=True)
-            config.CourseDirectory.submitted_directory = str(stand_in.relative_to(self.course))
+        if submitted_dir:
+            config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course))
         here = os.getcwd()
         os.chdir(self.course)
         try:
-            api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
-            return api.autograde(self.assignment, student, force=True, create=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings on new students
+                api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+                return api.autograde(self.assignment, student, force=True, create=True)
         finally:
             os.chdir(here)
 
     def finish(self, outcome):
         """Write one student's grades (nbgrader autograde), log and record them."""
         student = outcome["student"]
-        if outcome["executed"]:
-            self.save_outcome(outcome)
-        result = self.autograde(outcome)
+        submitted_dir = None
+        if not outcome["executed"] or outcome.get("stand_in"):
+            outcome, submitted_dir = self.stand_in(outcome)
+        self.save_outcome(outcome)
+        result = self.autograde(outcome, submitted_dir)
         summary = {k: v for k, v in outcome.items() if k != "executed"}
         summary["graded"] = bool(result.get("success"))
         if not summary["graded"]:
@@ -306,9 +324,10 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         else:
             todo.append((student, sha))
     workers = max(1, min(workers or default_workers(), len(todo)))
-    threads = max(1, default_workers() // workers)
+    # local kernels share this machine's cores; a Dask worker decides for itself (execute_submission)
+    threads = None if scheduler else max(1, default_workers() // workers)
     log(f"{len(names)} submissions: {len(todo)} to grade, {len(names) - len(todo)} unchanged since graded; "
-        f"{workers} at a time, {threads} thread(s) each" + (f", on {scheduler}" if scheduler else ""))
+        f"{workers} at a time" + (f" on {scheduler}" if scheduler else f", {threads} thread(s) each"))
     if not todo:
         return results
     runner = Runner(workers, scheduler)

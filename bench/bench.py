@@ -1,0 +1,127 @@
+"""Benchmark of the batch grader, measured side by side in one run on this machine.
+
+- floor: the reference solution as a plain Python script (no notebook, no grading), in the
+  environment our grader gives a kernel that has the machine to itself (threads, allocator);
+- one submission graded by `python -m nncourse grade` (autograde and report);
+- a batch of submissions graded by vanilla sequential `nbgrader autograde` in a default
+  environment (nbgrader's own configuration, glibc malloc, default threads), and by our command.
+
+The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y workers=W
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nncourse import data, grading, kernel_env, notebook  # noqa: E402
+from nncourse.samples import STUDENTS  # noqa: E402
+
+DATA_DIR = REPO / "data" / "mnist"
+SOURCE = REPO / "source" / grading.ASSIGNMENT / f"{grading.NOTEBOOK}.ipynb"
+GRADER_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES]
+VANILLA_CONFIG = """c = get_config()
+c.CourseDirectory.course_id = "nn-tutorial3"
+c.CourseDirectory.db_url = "sqlite:///{root}/gradebook/gradebook.db"
+c.Execute.timeout = 600
+"""
+
+
+def timed(cmd, cwd, env):
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"benchmark step failed: {' '.join(map(str, cmd))}\n{result.stderr[-2000:]}")
+    return seconds, result.stdout
+
+
+def default_env():
+    env = {k: v for k, v in os.environ.items() if k not in GRADER_VARIABLES}
+    env["MNIST_DIR"] = str(DATA_DIR)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def floor_script(path):
+    """The source notebook's own code (the full solution) as a script: no tests, no grader."""
+    cells = [c.source for c in notebook.read(SOURCE).cells
+             if c.cell_type == "code" and notebook.role(c) != "test" and notebook.meta(c).get("grade_id") != "grader_setup"]
+    code = "\n\n".join(re.sub(r"^%.*$", "", source, flags=re.M) for source in cells)
+    path.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + code + "\n")
+    return path
+
+
+def make_course(root, students):
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "nbgrader_config.py", root)
+    for folder in ("source", "nncourse"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "gradebook").mkdir()
+    grading.generate_release(root)
+    grading.write_samples(root, students)
+    return root
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="submissions in the batch (default 8)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--scaling", action="store_true", help="also grade the batch with one worker")
+    args = parser.parse_args()
+    data.provision(DATA_DIR, log=lambda *_: None)
+    cores = len(os.sched_getaffinity(0))
+    students = (STUDENTS * (args.batch // len(STUDENTS) + 1))[:args.batch]
+    if len({s.name for s in students}) < len(students):
+        sys.exit(f"at most {len(STUDENTS)} distinct sample students")
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="nncourse-bench-") as tmp:
+        tmp = Path(tmp)
+        print(f"machine: {cores} cores; jemalloc: {kernel_env.jemalloc_path() or 'not installed'}; "
+              f"batch of {len(students)}; workers {args.workers}", flush=True)
+
+        env = kernel_env.kernel_environment(default_env(), DATA_DIR, threads=cores)
+        env["MPLBACKEND"] = "Agg"
+        floor, _ = timed([python, floor_script(tmp / "floor.py")], tmp, env)
+        print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator: {floor:.1f} s",
+              flush=True)
+
+        one = make_course(tmp / "one", students[:1])
+        single, _ = timed([python, "-m", "nncourse", "--course", str(one), "grade", "--force"], one, default_env())
+        print(f"one submission, `nncourse grade` (autograde + report): {single:.1f} s "
+              f"= {single / floor:.2f} x floor", flush=True)
+
+        vanilla = make_course(tmp / "vanilla", students)
+        (vanilla / "nbgrader_config.py").write_text(VANILLA_CONFIG.format(root=vanilla))
+        sequential, _ = timed([python, "-m", "nbgrader", "autograde", grading.ASSIGNMENT, "--force"], vanilla,
+                              default_env())
+        print(f"{len(students)} submissions, vanilla sequential `nbgrader autograde`, default environment: "
+              f"{sequential:.1f} s ({sequential / len(students):.1f} s each)", flush=True)
+
+        ours = make_course(tmp / "ours", students)
+        parallel, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force",
+                             "--workers", str(args.workers)], ours, default_env())
+        print(f"{len(students)} submissions, `nncourse grade --workers {args.workers}`: {parallel:.1f} s "
+              f"({parallel / len(students):.1f} s each) = {sequential / parallel:.2f} x vanilla throughput", flush=True)
+        same = grading.cell_scores(ours) == grading.cell_scores(vanilla)
+        print(f"gradebooks of the two batch runs identical cell by cell: {same}")
+
+        if args.scaling:
+            solo, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force", "--workers", "1"],
+                            ours, default_env())
+            print(f"{len(students)} submissions, `nncourse grade --workers 1`: {solo:.1f} s; "
+                  f"speed-up with {args.workers} workers: {solo / parallel:.2f}", flush=True)
+
+    print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={sequential / parallel:.2f} "
+          f"workers={args.workers}")
+
+
+if __name__ == "__main__":
+    main()
