@@ -36,7 +36,7 @@ def figure(fig):
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def distributions(groups, title):
+def distributions(groups):
     """Histograms of points, one panel per group: {name: (scores, max_points)}."""
     import matplotlib
     matplotlib.use("Agg")
@@ -47,8 +47,8 @@ def distributions(groups, title):
         ax.set_title(f"{name} (max {top:g})", fontsize=10)
         ax.set_xlabel("points")
         ax.set_xlim(-0.5, top + 0.5)
+        ax.yaxis.get_major_locator().set_params(integer=True)
     axes[0][0].set_ylabel("students")
-    fig.suptitle(title)
     return figure(fig)
 
 
@@ -72,17 +72,17 @@ def write_report(course, assignment=ASSIGNMENT):
     graded_answers = {g: ([scores[s][g][0] for s in students if not scores[s][g][2]], scores[students[0]][g][1])
                       for g in manual}
 
-    messages = {s: failure_messages(course, s, assignment) for s in students}
-    failures = Counter(g for s in students for g in auto if scores[s][g][0] < scores[s][g][1])
-    failed_rows = []
-    for gid, count in failures.most_common():
-        common = Counter(messages[s].get(gid, "(no message)") for s in students
-                         if scores[s][gid][0] < scores[s][gid][1]).most_common(3)
-        failed_rows.append([gid, f"{count}/{len(students)}", " | ".join(f"{n}x {m}" for m, n in common)])
-
     records = [json.loads(p.read_text()) for p in sorted((course / ".batch" / assignment).glob("*.json"))
                if not p.name.endswith(".outcome.json")]
     problems = [[r["student"], r["reason"], r.get("seconds", "")] for r in records if r.get("reason")]
+    ran = [s for s in students if s not in {r["student"] for r in records if r.get("stand_in")}]
+    messages = {s: failure_messages(course, s, assignment) for s in ran}
+    failures = Counter(g for s in ran for g in auto if scores[s][g][0] < scores[s][g][1])
+    failed_rows = []
+    for gid, count in failures.most_common():
+        common = Counter(messages[s].get(gid, "(no message)") for s in ran
+                         if scores[s][gid][0] < scores[s][gid][1]).most_common(3)
+        failed_rows.append([gid, f"{count}/{len(ran)}", " | ".join(f"{n}x {m}" for m, n in common)])
     auto_totals = [sum(scores[s][g][0] for g in auto if g in scores[s]) for s in students]
     waiting = sum(1 for s in students for g in manual if scores[s].get(g, (0, 0, False))[2])
 
@@ -93,9 +93,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px;vert
 <p>{len(students)} submissions. Autograded points: mean {sum(auto_totals) / len(students):.1f},
 min {min(auto_totals):g}, max {max(auto_totals):g} of {sum(m for _, m in per_task.values()):g}.
 Written answers waiting for a grader: {waiting}.</p>
-<h2>Autograded points per task</h2>{distributions(per_task, "autograded points per task")}
-<h2>Written questions (graded so far)</h2>{distributions(graded_answers, "manually graded answers")}
-<h2>Tests failed most often</h2>{table(["test", "failed", "most common messages"], failed_rows)}
+<h2>Autograded points per task</h2>{distributions(per_task)}
+<h2>Written questions (graded so far)</h2>{distributions(graded_answers)}
+<h2>Tests failed most often</h2>
+<p>Among the {len(ran)} submissions that ran (the others are listed below).</p>{table(["test", "failed", "most common messages"], failed_rows)}
 <h2>Submissions that errored or timed out</h2>
 {table(["student", "reason", "seconds"], problems) if problems else "<p>None.</p>"}
 </body></html>"""
