@@ -6,13 +6,14 @@ COURSE_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(COURSE_ROOT))  # the course's nbgrader plugins live in ./nncourse
 
 from nbgrader.preprocessors import (  # noqa: E402
-    CheckCellMetadata, ClearOutput, ComputeChecksums, GetGrades, IncludeHeaderFooter, InstantiateTests,
-    LockCells, SaveCells)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, ComputeChecksums, GetGrades, IgnorePattern,
+    IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells, SaveAutoGrades, SaveCells)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
 from nncourse import kernel_env  # noqa: E402
 from nncourse.preprocessors import (  # noqa: E402
     ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
+from nncourse.sandbox import SandboxedExecute  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
@@ -22,6 +23,16 @@ c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook' / 'gradebook.d
 
 # Each training cell takes 10-45 s alone on 2 cores; allow for a loaded machine.
 c.Execute.timeout = 600
+
+# Student code runs in a sandbox (nncourse/sandbox.py): nbgrader's own steps, with its Execute
+# step replaced by the sandboxed one. Limits: c.SandboxedKernelManager.memory_gib = 8,
+# .max_processes = 512, .max_open_files = 512, .max_file_mib = 256, .cpu_seconds = 3600;
+# c.SandboxedExecute.max_output_mib = 20, .interrupt_grace = 10.
+# NNCOURSE_SANDBOX=off (or c.SandboxedKernelManager.enabled = False) knowingly turns it off.
+c.Autograde.autograde_preprocessors = [
+    SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    AssignLatePenalties, CheckCellMetadata,
+]
 
 # nbgrader's own list, with our versions of the three clearing steps (see nncourse/preprocessors.py).
 c.GenerateAssignment.preprocessors = [

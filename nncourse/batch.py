@@ -30,9 +30,13 @@ import nbformat
 from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, Execute, NbGraderPreprocessor,
                                     OverwriteCells, OverwriteKernelspec)
 from traitlets import Unicode
+from traitlets.config import Config
 
 from . import kernel_env
 from .grading import ASSIGNMENT, NOTEBOOK
+from .sandbox import SandboxedExecute, SandboxError, check_sandbox, mark_unrun_cells
+
+SANDBOX_SECTIONS = ("SandboxedKernelManager", "SandboxedExecute")
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
 SANITIZE_STEPS = (ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata)
@@ -50,19 +54,11 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------ worker side
-def mark_unrun_cells(nb, reason):
-    """Give every code cell that did not run an error output, so that its tests score 0."""
-    for cell in nb.cells:
-        if cell.cell_type == "code" and cell.get("execution_count") is None and not cell.get("outputs"):
-            cell.outputs = [nbformat.v4.new_output("error", ename="NotRun", evalue=reason,
-                                                   traceback=[f"NotRun: {reason}"])]
-
-
 def timed_out(nb):
     return any(o.get("ename") == "CellTimeoutError" for c in nb.cells for o in c.get("outputs", []))
 
 
-def execute_submission(student, sha, notebook_json, timeout, threads):
+def execute_submission(student, sha, notebook_json, timeout, threads, settings=None):
     """Run one sanitized notebook with nbgrader's Execute preprocessor, on a worker.
 
     Nothing comes from the driver's filesystem: the notebook arrives as an argument, MNIST is
@@ -78,20 +74,19 @@ def execute_submission(student, sha, notebook_json, timeout, threads):
                               reason=f"MNIST is missing on worker {worker} ({data_dir}): run ./setup --no-demo there"))
     nb = nbformat.reads(notebook_json, as_version=4)
     threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
-    reason = ""
     saved = dict(os.environ)
     os.environ.update(kernel_env.kernel_environment(os.environ, data_dir, threads=threads))  # kernels inherit it
     try:
         with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, \
                 setenv(NBGRADER_EXECUTION="autograde"):
-            Execute(timeout=timeout).preprocess(nb, {"metadata": {"path": scratch}})
-    except Exception as err:  # a dead kernel, a kernel that never started...
-        reason = f"execution stopped: {type(err).__name__}: {str(err).strip()[:300]}"
+            config = Config({name: Config(values) for name, values in (settings or {}).items()})
+            SandboxedExecute(config=config, timeout=timeout).preprocess(nb, {"metadata": {"path": scratch}})
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    reason = nb.metadata.get("nncourse", {}).get("stopped", "")
     if reason:
-        mark_unrun_cells(nb, reason)
+        reason = f"execution stopped: {reason}"
     elif timed_out(nb):
         reason = f"a cell ran longer than the {timeout} s limit and was interrupted"
     return asdict(Outcome(student, sha, nbformat.writes(nb), reason, round(time.time() - started, 1), worker))
@@ -200,7 +195,7 @@ class Driver:
         config = load_config(self.course)
         steps = config.Autograde.get("autograde_preprocessors") or \
             Autograde.class_traits()["autograde_preprocessors"].default()
-        config.Autograde.autograde_preprocessors = [ReplayExecution if s is Execute else s for s in steps]
+        config.Autograde.autograde_preprocessors = [ReplayExecution if issubclass(s, Execute) else s for s in steps]
         config.ReplayExecution.executed_dir = str(self.state)
         if submitted_dir:
             config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course))
@@ -278,6 +273,8 @@ class Runner:
             student, sha = tasks[future]
             try:
                 yield future.result()
+            except SandboxError:
+                raise  # no sandbox on a worker: stop, rather than grade without it
             except Exception as err:
                 yield asdict(Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}"))
 
@@ -330,6 +327,9 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         f"{workers} at a time" + (f" on {scheduler}" if scheduler else f", {threads} thread(s) each"))
     if not todo:
         return results
+    settings = {name: dict(driver.config[name]) for name in SANDBOX_SECTIONS if name in driver.config}
+    if not scheduler:
+        check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
     runner = Runner(workers, scheduler)
     try:
         ready, futures = [], {}
@@ -340,7 +340,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
                 ready.append(cached or asdict(Outcome(student, sha, reason=reason)))
             else:
                 futures[runner.submit(execute_submission, student=student, sha=sha, notebook_json=notebook_json,
-                                      timeout=driver.config.Execute.get("timeout", 600), threads=threads)] = (student, sha)
+                                      timeout=driver.config.Execute.get("timeout", 600), threads=threads,
+                                      settings=settings)] = (student, sha)
         bar = Progress(len(todo))
         for outcome in chain(ready, runner.outcomes(futures)):
             results[outcome["student"]] = driver.finish(outcome)

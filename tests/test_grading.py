@@ -102,8 +102,10 @@ def test_feedback_explains_failures_without_the_test_code(graded, course):
 
 
 def test_export_lists_every_student(graded, course):
+    import csv
     from nncourse import grading
-    rows = grading.export_grades(course).read_text().splitlines()
-    students = {row.split(",")[3] for row in rows[1:]}
-    assert students == set(graded)
-    assert len(rows) == len(graded) + 1
+    with open(grading.export_grades(course), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["student_id"] for row in rows} == set(graded)
+    assert len(rows) == len(graded)
+    assert {float(row["total"]) for row in rows if row["student_id"] == "solution"} == {42.0}

@@ -1,0 +1,236 @@
+"""Sandboxed grading kernels with bubblewrap (Debian package `bubblewrap`).
+
+Each kernel runs in its own mount, PID, network, IPC and UTS namespaces:
+- no network at all, loopback included (its own empty network namespace);
+- a read-only view of only the system directories, the Python installation and MNIST, plus one
+  fresh writable scratch directory (its working directory) and a private folder for the sockets
+  that connect it to the grader (ZeroMQ over `ipc`, since there is no shared network);
+- resource limits (rlimits): address space, processes, open files, file size, CPU time;
+- when the grader runs as root, the kernel drops to an unprivileged uid of its own (root would
+  ignore the process limit); as an ordinary user, bubblewrap uses unprivileged user namespaces.
+
+The gradebook, the source and release notebooks, other submissions, the repository and the home
+directory are simply not there. nbgrader_config.py makes SandboxedKernelManager the kernel manager
+of nbgrader's Execute step, so plain `nbgrader autograde` and the batch grader both use it.
+"""
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from queue import Empty
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import ensure_async
+from nbclient.exceptions import DeadKernelError
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import Execute
+from traitlets import Bool, Integer, Unicode
+
+DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
+                "(or c.SandboxedKernelManager.enabled = False in nbgrader_config.py).")
+GIB = 1024 ** 3
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot start; the message names the missing piece and how to proceed."""
+
+
+def missing_pieces(as_root):
+    """What this machine lacks to run the sandbox (empty list: nothing)."""
+    tools = ["bwrap", "prlimit"] + (["setpriv"] if as_root else [])
+    missing = [f"`{t}` (Debian package {'bubblewrap' if t == 'bwrap' else 'util-linux'})"
+               for t in tools if shutil.which(t) is None]
+    if missing:
+        return missing
+    flags = ["--unshare-net", "--unshare-pid"] + ([] if as_root else ["--unshare-user"])
+    probe = subprocess.run(["bwrap", *flags, "--ro-bind", "/", "/", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return [f"namespaces for bubblewrap ({probe.stderr.strip()}); as an ordinary user this needs "
+                f"unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"]
+    return []
+
+
+def python_roots():
+    """Folders the kernel's Python needs: the virtualenv and the installation it was made from."""
+    roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent.parent}
+    return sorted(roots)
+
+
+def bind_with_parents(args, path, mode="--ro-bind"):
+    """Bind `path` at the same place, creating readable parent folders in the sandbox."""
+    parents = [p for p in reversed(Path(path).parents) if str(p) != "/"]
+    for parent in parents:
+        args += ["--perms", "0755", "--dir", str(parent)]
+    args += [mode, str(path), str(path)]
+
+
+def sandbox_disabled(enabled=True):
+    return not enabled or os.environ.get("NNCOURSE_SANDBOX", "").lower() == "off"
+
+
+def check_sandbox(settings=None):
+    """Raise SandboxError, naming what is missing, if sandboxed kernels cannot start here."""
+    if sandbox_disabled((settings or {}).get("SandboxedKernelManager", {}).get("enabled", True)):
+        return
+    missing = missing_pieces(os.geteuid() == 0)
+    if missing:
+        raise SandboxError("cannot start the grading sandbox: missing " + "; ".join(missing) +
+                           ". Run ./setup as root to install it. " + DISABLE_HINT)
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels run inside a bubblewrap sandbox."""
+
+    enabled = Bool(True, help="Run kernels in the sandbox. Turning this off runs student code with "
+                              "the grader's own rights.").tag(config=True)
+    memory_gib = Integer(8, help="Address-space limit of the kernel, GiB (RLIMIT_AS)").tag(config=True)
+    max_processes = Integer(512, help="Processes and threads of the kernel's uid (RLIMIT_NPROC)").tag(config=True)
+    max_open_files = Integer(512, help="Open files (RLIMIT_NOFILE)").tag(config=True)
+    max_file_mib = Integer(256, help="Largest file the kernel may write, MiB (RLIMIT_FSIZE)").tag(config=True)
+    cpu_seconds = Integer(3600, help="CPU time of the kernel (RLIMIT_CPU)").tag(config=True)
+    data_dir = Unicode("", help="MNIST folder shown read-only as /data/mnist (default: $MNIST_DIR)").tag(config=True)
+
+    def _sandbox_off(self):
+        return sandbox_disabled(self.enabled)
+
+    async def _async_pre_start_kernel(self, **kw):
+        if not self._sandbox_off():
+            check_sandbox()
+            as_root = os.geteuid() == 0
+            self._uid = 200000 + secrets.randbelow(100000) if as_root else os.getuid()
+            self._runtime = Path(tempfile.mkdtemp(prefix="nncourse-kernel-"))
+            self._scratch = Path(tempfile.mkdtemp(prefix="nncourse-scratch-"))
+            for folder in (self._runtime, self._scratch):
+                os.chmod(folder, 0o700)
+                if as_root:
+                    os.chown(folder, self._uid, self._uid)
+            self.transport = "ipc"
+            self.ip = str(self._runtime / "kernel")
+            self.connection_file = str(self._runtime / "kernel.json")
+        return await super()._async_pre_start_kernel(**kw)
+
+    def _sandbox_command(self, kernel_cmd):
+        as_root = os.geteuid() == 0
+        data_dir = self.data_dir or os.environ.get("MNIST_DIR", "")
+        args = ["bwrap", "--die-with-parent", "--new-session", "--unsetenv", "JPY_PARENT_PID", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+                "--unshare-uts", "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev",
+                "--size", str(64 * 1024 ** 2), "--perms", "1777", "--tmpfs", "/dev/shm",
+                "--size", str(256 * 1024 ** 2), "--perms", "1777", "--tmpfs", "/tmp"]
+        if not as_root:
+            args += ["--unshare-user"]
+        for system in ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives", "/etc/ssl", "/etc/fonts"):
+            if os.path.exists(system):
+                bind_with_parents(args, system)
+        for root in python_roots():
+            bind_with_parents(args, root)
+        if data_dir and Path(data_dir).is_dir():
+            args += ["--perms", "0755", "--dir", "/data", "--ro-bind", str(Path(data_dir).resolve()), "/data/mnist"]
+        bind_with_parents(args, self._runtime, "--bind")
+        bind_with_parents(args, self._scratch, "--bind")
+        args += ["--chdir", str(self._scratch), "--"]
+        args += ["prlimit", f"--as={self.memory_gib * GIB}", f"--nproc={self.max_processes}",
+                 f"--nofile={self.max_open_files}", f"--fsize={self.max_file_mib * 1024 ** 2}",
+                 f"--cpu={self.cpu_seconds}", "--core=0", "--"]
+        if as_root:
+            args += ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups",
+                     "--inh-caps=-all", "--bounding-set=-all", "--"]
+        return args + kernel_cmd
+
+    def _sandbox_env(self, env):
+        """A clean environment: nothing of the grader's but what the kernel needs."""
+        keep = ["LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "NBGRADER_EXECUTION", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"]
+        clean = {k: env[k] for k in keep if k in env}
+        scratch = str(self._scratch)
+        clean.update(HOME=scratch, TMPDIR="/tmp", PATH="/usr/local/bin:/usr/bin:/bin", MNIST_DIR="/data/mnist",
+                     MPLCONFIGDIR=f"{scratch}/.matplotlib", IPYTHONDIR=f"{scratch}/.ipython",
+                     JUPYTER_RUNTIME_DIR=str(self._runtime), PYTHONDONTWRITEBYTECODE="1")
+        return clean
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        if not self._sandbox_off():
+            kernel_cmd = self._sandbox_command(kernel_cmd)
+            kw["env"] = self._sandbox_env(kw.get("env") or os.environ)
+            kw["cwd"] = str(self._scratch)
+            if os.geteuid() == 0:
+                os.chown(self.connection_file, self._uid, self._uid)
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    async def _async_interrupt_kernel(self):
+        """Interrupt by message: a signal would reach bubblewrap, not the kernel."""
+        if self._sandbox_off():
+            return await super()._async_interrupt_kernel()
+        self._connect_control_socket()
+        self.session.send(self._control_socket, self.session.msg("interrupt_request", content={}))
+
+    interrupt_kernel = _async_interrupt_kernel  # the public name is bound to the base class's method
+
+    async def _async_cleanup_resources(self, restart=False):
+        await super()._async_cleanup_resources(restart)
+        self._remove_folders()
+
+    def _remove_folders(self):
+        for folder in (getattr(self, "_runtime", None), getattr(self, "_scratch", None)):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class SandboxedExecute(Execute):
+    """nbgrader's Execute step with sandboxed kernels and two more limits: the notebook's total
+    output, and a cell that keeps running after being interrupted at the time limit (code that
+    ignores SIGINT), whose kernel is then stopped. A kernel that dies or is stopped does not stop
+    grading: the cells it did not run get an error output (so their tests score 0) and the reason
+    goes in the notebook's metadata (nncourse.stopped)."""
+
+    interrupt_grace = Integer(10, help="Seconds a cell may take to stop after being interrupted").tag(config=True)
+    max_output_mib = Integer(20, help="Output a notebook may produce, MiB; more is dropped").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, nb, resources, km=None):
+        self._output_bytes, self._output_capped = 0, False
+        try:
+            return super().preprocess(nb, resources, km=km)
+        except DeadKernelError as err:
+            reason = str(err) or "the kernel died"
+        except Exception as err:  # e.g. the kernel could not start
+            if isinstance(err, SandboxError):
+                raise
+            reason = f"{type(err).__name__}: {err}"
+        nb.metadata.setdefault("nncourse", {})["stopped"] = reason
+        mark_unrun_cells(nb, f"not run: {reason}")
+        return nb, resources
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        reply = await super()._async_handle_timeout(timeout, cell)  # interrupts the kernel
+        try:  # the interrupted cell's own reply shows that the kernel stopped it
+            await ensure_async(self.kc.shell_channel.get_msg(timeout=self.interrupt_grace))
+        except Empty:
+            await ensure_async(self.km.shutdown_kernel(now=True))
+            raise DeadKernelError(f"a cell was still running {self.interrupt_grace} s after being interrupted at "
+                                  f"the {timeout} s limit, so its kernel was stopped") from None
+        return reply
+
+    def output(self, outs, msg, display_id, cell_index):
+        self._output_bytes += len(json.dumps(msg.get("content", {})))
+        if self._output_bytes <= self.max_output_mib * 1024 ** 2:
+            return super().output(outs, msg, display_id, cell_index)
+        if not self._output_capped:
+            self._output_capped = True
+            outs.append(new_output("stream", name="stdout",
+                                   text=f"\n[output stopped: the notebook printed more than {self.max_output_mib} MiB]\n"))
+        return None
+
+
+def mark_unrun_cells(nb, reason):
+    """Give every code cell that did not run an error output, so that its tests score 0."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.get("execution_count") is None and not cell.get("outputs"):
+            cell.outputs = [new_output("error", ename="NotRun", evalue=reason, traceback=[f"NotRun: {reason}"])]
