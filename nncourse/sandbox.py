@@ -172,7 +172,10 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     async def _async_cleanup_resources(self, restart=False):
         await super()._async_cleanup_resources(restart)
-        self._remove_folders()
+        if not restart:
+            self._remove_folders()
+
+    cleanup_resources = _async_cleanup_resources  # as for interrupt_kernel
 
     def _remove_folders(self):
         for folder in (getattr(self, "_runtime", None), getattr(self, "_scratch", None)):
