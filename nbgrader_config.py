@@ -6,11 +6,12 @@ COURSE_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(COURSE_ROOT))  # the course's nbgrader plugins live in ./nncourse
 
 from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, ComputeChecksums, GetGrades, IgnorePattern,
-    IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells, SaveAutoGrades, SaveCells)
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, ComputeChecksums, DeduplicateIds, GetGrades, IgnorePattern,
+    IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells, OverwriteKernelspec, SaveAutoGrades, SaveCells)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
 from nncourse import kernel_env  # noqa: E402
+from nncourse.guard import RefuseTampering, RestoreCells  # noqa: E402
 from nncourse.preprocessors import (  # noqa: E402
     ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
 from nncourse.sandbox import SandboxedExecute  # noqa: E402
@@ -29,6 +30,12 @@ c.Execute.timeout = 600
 # .max_processes = 512, .max_open_files = 512, .max_file_mib = 256, .cpu_seconds = 3600;
 # c.SandboxedExecute.max_output_mib = 20, .interrupt_grace = 10.
 # NNCOURSE_SANDBOX=off (or c.SandboxedKernelManager.enabled = False) knowingly turns it off.
+# Before that, nbgrader's sanitize steps, with OverwriteCells extended to restore deleted and moved
+# cells (RestoreCells), and students' cells that could change how they are graded refused
+# (RefuseTampering): both in nncourse/guard.py.
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, RefuseTampering, CheckCellMetadata,
+]
 c.Autograde.autograde_preprocessors = [
     SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata,

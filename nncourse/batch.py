@@ -27,19 +27,18 @@ from itertools import chain
 from pathlib import Path
 
 import nbformat
-from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, Execute, NbGraderPreprocessor,
-                                    OverwriteCells, OverwriteKernelspec)
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Unicode
 from traitlets.config import Config
 
 from . import kernel_env
 from .grading import ASSIGNMENT, NOTEBOOK
+from .guard import refused
 from .sandbox import SandboxedExecute, SandboxError, check_sandbox, mark_unrun_cells
 
 SANDBOX_SECTIONS = ("SandboxedKernelManager", "SandboxedExecute")
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
-SANITIZE_STEPS = (ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata)
 
 
 @dataclass
@@ -84,12 +83,22 @@ def execute_submission(student, sha, notebook_json, timeout, threads, settings=N
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    reason = nb.metadata.get("nncourse", {}).get("stopped", "")
-    if reason:
-        reason = f"execution stopped: {reason}"
+    return asdict(Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout),
+                          round(time.time() - started, 1), worker))
+
+
+def why_not_normal(nb, timeout):
+    """The reasons, if any, why an executed notebook was not graded normally."""
+    reasons = []
+    stopped = nb.metadata.get("nncourse", {}).get("stopped", "")
+    if stopped:
+        reasons.append(f"execution stopped: {stopped}")
     elif timed_out(nb):
-        reason = f"a cell ran longer than the {timeout} s limit and was interrupted"
-    return asdict(Outcome(student, sha, nbformat.writes(nb), reason, round(time.time() - started, 1), worker))
+        reasons.append(f"a cell ran longer than the {timeout} s limit and was interrupted")
+    refused_cells = [c.metadata.get("nbgrader", {}).get("grade_id", "an added cell") for c in nb.cells if refused(c)]
+    if refused_cells:
+        reasons.append(f"cells not run because their code could change grading: {', '.join(refused_cells)}")
+    return "; ".join(reasons)
 
 
 # ------------------------------------------------------------------------------ driver side
@@ -106,6 +115,12 @@ class ReplayExecution(NbGraderPreprocessor):
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = done.outputs, done.execution_count
         return nb, resources
+
+
+def autograde_steps(config, kind):
+    """nbgrader autograde's `sanitize_preprocessors` or `autograde_preprocessors`, as configured."""
+    from nbgrader.converters import Autograde
+    return config.Autograde.get(kind) or Autograde.class_traits()[kind].default()
 
 
 def load_config(course):
@@ -151,12 +166,15 @@ class Driver:
             nb = nbformat.read(str(path), as_version=4)
         except Exception as err:
             return "", f"the notebook cannot be read: {type(err).__name__}: {str(err)[:200]}"
-        return nbformat.writes(self.sanitize(nb, student)), ""
+        try:
+            return nbformat.writes(self.sanitize(nb, student)), ""
+        except Exception as err:  # nbgrader could not restore its cells: grade the student with the reason
+            return "", f"the notebook cannot be prepared for grading: {type(err).__name__}: {str(err)[:200]}"
 
     def sanitize(self, nb, student):
         resources = {"nbgrader": {"notebook": NOTEBOOK, "assignment": self.assignment, "student": student,
                                   "db_url": self.config.CourseDirectory.db_url}}
-        for step in SANITIZE_STEPS:
+        for step in autograde_steps(self.config, "sanitize_preprocessors"):
             nb, resources = step(config=self.config).preprocess(nb, resources)
         return nb
 
@@ -189,13 +207,11 @@ class Driver:
     def autograde(self, outcome, submitted_dir=None):
         """nbgrader autograde for one student, replaying the execution done on a worker."""
         from nbgrader.apps import NbGraderAPI
-        from nbgrader.converters import Autograde
         from nbgrader.coursedir import CourseDirectory
         student = outcome["student"]
         config = load_config(self.course)
-        steps = config.Autograde.get("autograde_preprocessors") or \
-            Autograde.class_traits()["autograde_preprocessors"].default()
-        config.Autograde.autograde_preprocessors = [ReplayExecution if issubclass(s, Execute) else s for s in steps]
+        config.Autograde.autograde_preprocessors = [ReplayExecution if issubclass(s, Execute) else s
+                                                    for s in autograde_steps(config, "autograde_preprocessors")]
         config.ReplayExecution.executed_dir = str(self.state)
         if submitted_dir:
             config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course))

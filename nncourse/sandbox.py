@@ -31,6 +31,8 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
+from .guard import refused
+
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
                 "(or c.SandboxedKernelManager.enabled = False in nbgrader_config.py).")
 GIB = 1024 ** 3
@@ -184,7 +186,8 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 
 class SandboxedExecute(Execute):
-    """nbgrader's Execute step with sandboxed kernels and two more limits: the notebook's total
+    """nbgrader's Execute step with sandboxed kernels, which does not run cells that
+    guard.RefuseTampering refused, and has two more limits: the notebook's total
     output, and a cell that keeps running after being interrupted at the time limit (code that
     ignores SIGINT), whose kernel is then stopped. A kernel that dies or is stopped does not stop
     grading: the cells it did not run get an error output (so their tests score 0) and the reason
@@ -210,6 +213,13 @@ class SandboxedExecute(Execute):
         nb.metadata.setdefault("nncourse", {})["stopped"] = reason
         mark_unrun_cells(nb, f"not run: {reason}")
         return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        reason = refused(cell)
+        if reason:  # see guard.RefuseTampering
+            cell.outputs = [new_output("error", ename="RefusedCell", evalue=reason, traceback=[f"RefusedCell: {reason}"])]
+            return cell, resources
+        return super().preprocess_cell(cell, resources, index)
 
     async def _async_handle_timeout(self, timeout, cell=None):
         reply = await super()._async_handle_timeout(timeout, cell)  # interrupts the kernel

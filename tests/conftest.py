@@ -1,7 +1,10 @@
 """Shared fixtures. Grading is slow (about 40 s per notebook), so each way of grading runs once
 per session, on every fixture notebook, in a fresh copy of the course with its own gradebook."""
+import contextlib
 import os
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,32 @@ def graded(course):
     grading.autograde(course)
     grading.generate_feedback(course)
     return grading.cell_scores(course)
+
+
+@contextlib.contextmanager
+def tcp_listener():
+    """A TCP listener on 127.0.0.1 that records every connection it accepts: (port, accepted)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                pass
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.fixture
+def listener():
+    with tcp_listener() as port_and_accepted:
+        yield port_and_accepted

@@ -1,8 +1,13 @@
 """The grading sandbox, on small notebooks: what student code can and cannot do inside it."""
+import ast
+import json
 import os
-import socket
-import threading
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,31 +30,16 @@ def run_cells(*sources, timeout=TIMEOUT, **config):
     return nb
 
 
+def assert_only_system_folders(line):
+    """`line` is "<uid> <listing of />": only the system folders, /data (MNIST), and the top folders
+    of the Python installation and the virtualenv."""
+    python_tops = {root.parts[1] for root in sandbox.python_roots()}
+    allowed = {"bin", "lib", "lib64", "sbin", "usr", "etc", "proc", "dev", "tmp", "data"} | python_tops
+    assert set(ast.literal_eval(line.split(" ", 1)[1])) <= allowed, line
+
+
 def text(cell):
     return "".join(o.get("text", "") or f"{o.get('ename')}: {o.get('evalue')}" for o in cell.outputs)
-
-
-@pytest.fixture
-def listener():
-    """A TCP listener on 127.0.0.1 that records every connection it accepts."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    accepted, stop = [], threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept())
-            except OSError:
-                pass
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join()
-    server.close()
 
 
 def test_student_code_sees_only_scratch_and_no_network(listener, tmp_path):
@@ -69,7 +59,7 @@ def test_student_code_sees_only_scratch_and_no_network(listener, tmp_path):
     uid_line = text(nb.cells[0])
     if os.geteuid() == 0:
         assert not uid_line.startswith("0 "), "the kernel still runs as root"
-    assert "'work'" not in uid_line and "'root'" in uid_line  # only what the Python install needs
+    assert_only_system_folders(uid_line)
     assert "ConnectionRefusedError" in text(nb.cells[1]) or "OSError" in text(nb.cells[1])
     assert accepted == []
     assert "FileNotFoundError" in text(nb.cells[2])
@@ -125,3 +115,58 @@ def test_missing_bubblewrap_stops_with_a_message_that_names_the_fix(monkeypatch)
     assert "`bwrap` (Debian package bubblewrap)" in str(err.value) and "NNCOURSE_SANDBOX=off" in str(err.value)
     monkeypatch.setenv("NNCOURSE_SANDBOX", "off")
     sandbox.check_sandbox()  # knowingly off: no error
+
+
+ORDINARY_USER_SCRIPT = """
+import json, os, sys
+import nbformat
+from nncourse import sandbox
+cells = [nbformat.v4.new_code_cell(s) for s in json.loads(sys.argv[1])]
+nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+sandbox.SandboxedExecute(timeout=30).preprocess(nb, {"metadata": {"path": os.environ["HOME"]}})
+print(json.dumps([[o.get("text") or o.get("ename") for o in c.outputs] for c in nb.cells]))
+"""
+
+
+def as_ordinary_user(command, uid=65534):
+    """`command` run as `uid`. Where the Python installation sits in a folder that user cannot
+    enter (root's pyenv under /root here), a private mount namespace shows it to them, as a
+    system-wide installation would be on a server."""
+    hidden = [root for root in sandbox.python_roots()
+              if subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "test", "-r",
+                                 str(root)]).returncode != 0]
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+    if not hidden:
+        return drop
+    script = []
+    for i, root in enumerate(hidden):
+        top = "/" + root.parts[1]
+        script += [f"mkdir -p /tmp/.python-root-{i}", f"mount --bind {root} /tmp/.python-root-{i}",
+                   f"mount -t tmpfs -o mode=755 tmpfs {top}", f"mkdir -p {root}",
+                   f"mount --bind /tmp/.python-root-{i} {root}"]
+    return ["unshare", "--mount", "sh", "-c", " && ".join(script) + ' && exec "$@"', "sh", *drop]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user, every other test here already runs this path")
+def test_ordinary_user_gets_the_same_sandbox(listener, tmp_path):
+    """Grading as an ordinary user (uid 65534) uses unprivileged user namespaces."""
+    port, accepted = listener
+    home = Path(tempfile.mkdtemp(prefix="ordinary-user-"))  # pytest's folders are root's only
+    os.chown(home, 65534, 65534)
+    cells = ["import os; print(os.getuid(), sorted(os.listdir('/')))",
+             f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+             f"open({str(home / 'outside.txt')!r}, 'w')",
+             "print(sorted(os.listdir('/data/mnist/MNIST/raw'))[0])"]
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "MNIST_DIR": str(DATA_DIR)}
+    try:
+        run = subprocess.run(as_ordinary_user([sys.executable, "-c", ORDINARY_USER_SCRIPT, json.dumps(cells)]),
+                             env=env, cwd=str(home), capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outputs = json.loads(run.stdout.strip().splitlines()[-1])
+        assert outputs[0][0].startswith("65534 ")
+        assert_only_system_folders(outputs[0][0])
+        assert outputs[1] in (["ConnectionRefusedError"], ["OSError"]) and accepted == []
+        assert outputs[2] and "Error" in outputs[2][-1] and not (home / "outside.txt").exists()
+        assert outputs[3] == ["t10k-images-idx3-ubyte\n"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,247 @@
+"""Hostile and broken submissions, graded in one batch next to a correct one.
+
+Each submission is the release with one attack added, written the way a student would write it,
+on top of the correct answers where the attack should change nothing (cells deleted, moved,
+duplicated or retyped) and on top of the blank release where it could only gain points. For
+each, the test checks the outcome in the gradebook, the reason recorded for the student, that no
+secret reached the student's notebook, and that nothing outside the scratch folder changed."""
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nncourse import batch, grading, notebook
+from nncourse.samples import BY_NAME
+
+from conftest import REPO, make_course, tcp_listener
+
+TIMEOUT = 60  # per cell: long enough for the correct answers' training on a loaded 2-core machine
+SECRET_LINE = "ACCURACY_TOLERANCE = 0.3"  # a line of the hidden tests (source only)
+RUBRIC_LINE = "BEGIN MARK SCHEME"
+
+
+def code_cell(source):
+    """A new code cell, as Jupyter adds it to this (nbformat 4.4, no cell ids) notebook."""
+    cell = nbformat.v4.new_code_cell(source)
+    del cell["id"]
+    return cell
+
+
+def build_submissions(course, port, outside):
+    """{student: notebook, or bytes for a raw file, or None for an empty folder}."""
+    release = notebook.read(grading.release_path(course))
+    correct = notebook.fill_blanks(release, BY_NAME["correct"].answers())
+    gradebook = course / "gradebook" / "gradebook.db"
+    source = course / "source" / "tutorial3" / "tutorial3.ipynb"
+
+    def variant(base, edit):
+        nb = nbformat.from_dict(base)
+        edit(nb)
+        return nb
+
+    def added(base, *sources, after="grader_setup"):
+        def edit(nb):
+            at = next(i for i, c in enumerate(nb.cells) if notebook.meta(c).get("grade_id") == after) + 1
+            nb.cells[at:at] = [code_cell(s) for s in sources]
+        return variant(base, edit)
+
+    def delete(nb):
+        nb.cells = [c for c in nb.cells if not (notebook.role(c) == "test" and "task2" in notebook.meta(c)["grade_id"])
+                    and notebook.meta(c).get("grade_id") not in ("grader_setup", "task2_train", "gradient_descent")]
+
+    def duplicate(nb):
+        nb.cells += [nbformat.from_dict(c) for c in nb.cells if notebook.role(c) in ("test", "readonly")]
+
+    def reorder(nb):
+        tests = [c for c in nb.cells if notebook.role(c) == "test"]
+        nb.cells = tests[::-1] + [c for c in nb.cells if notebook.role(c) != "test"]
+
+    def retype(nb):
+        cells = notebook.cells_by_id(nb)
+        for grade_id in ("task1_random_batch_correct", "task2_cross_entropy_numpy", "task2_train"):
+            cells[grade_id].cell_type = "markdown"
+            cells[grade_id].pop("outputs")
+            cells[grade_id].pop("execution_count")
+
+    def edit_tests(nb):
+        for cell in nb.cells:
+            if notebook.role(cell) == "test":
+                cell.source = '"""Check nothing."""\npass'
+                cell.metadata.nbgrader["points"] = 100
+
+    def syntax_errors(nb):
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.source += "\ndef broken(:\n"
+
+    blank_task1 = nbformat.from_dict(correct)
+    notebook.cells_by_id(blank_task1)["task1_random_batch"].source = \
+        notebook.cells_by_id(release)["task1_random_batch"].source
+    return {
+        "correct": correct,
+        "syntax_errors": variant(correct, syntax_errors),
+        "deleted_cells": variant(correct, delete),
+        "duplicated_cells": variant(correct, duplicate),
+        "reordered_cells": variant(correct, reorder),
+        "changed_cell_type": variant(correct, retype),
+        "edited_tests": variant(release, edit_tests),
+        "endless_loop": added(release, "while True:\n    pass"),
+        "ignores_interrupt": added(release, "while True:\n    try:\n        while True:\n            pass\n"
+                                            "    except KeyboardInterrupt:\n        pass"),
+        "fork_bomb": added(release, "import os\nwhile True:\n    os.fork()"),
+        "huge_memory": added(release, "import numpy as np\nx = np.ones(20 * 1024**3 // 8)\nprint(x.sum())"),
+        "os_exit": added(release, "import os\nos._exit(0)", "import torch\ntorch.os.abort()"),
+        "segfault": added(release, "import ctypes\nctypes.string_at(0)",
+                          "import numpy as np\nnp.lib.stride_tricks.as_strided(np.zeros(1), shape=(2**40,),"
+                          " strides=(2**24,)).sum()"),
+        "huge_output": added(release, "for i in range(200):\n    print('x' * 1024 * 1024)"),
+        "reads_secrets": added(release, f"print(open({str(gradebook)!r}, 'rb').read())",
+                               f"import numpy as np\nprint(np.fromfile({str(gradebook)!r}, dtype=np.uint8))",
+                               f"import numpy as np\nprint(np.loadtxt({str(source)!r}, dtype=str, delimiter='~'))"),
+        "loopback": added(release, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)",
+                          "from torchvision.datasets.utils import download_url\n"
+                          f"download_url('http://127.0.0.1:{port}/x', '.')"),
+        "writes_outside": added(release, f"open({str(outside)!r}, 'w').write('x')",
+                                f"import numpy as np\nnp.save({str(outside)!r}, np.zeros(3))\n"
+                                f"np.save({str(source)!r}, np.zeros(3))"),
+        "monkeypatch_fake": added(
+            blank_task1,
+            "import numpy as np\nnp.testing.assert_allclose = lambda *a, **k: None",
+            "import torch\ntorch.allclose = lambda *a, **k: True",
+            "get_ipython().showtraceback = lambda *a, **k: None",
+            "import sys\nsys.stderr = None",
+            "print = lambda *a, **k: None",
+            "_grader.check = lambda *a, **k: None",
+            "def get_random_batch(imgs, lbls, n, rng):\n    return [imgs[:n], lbls[:n]]\n"
+            "globals()['get_random_batch'] = get_random_batch",
+            after="task1_random_batch"),
+        "corrupt_notebook": b'{"cells": [\xff\xfe not json, \xc3\x28',
+        "empty_folder": None,
+    }
+
+
+def tree_digest(folder, skip=()):
+    """{relative path: sha256} of every file under `folder`, except under the `skip` folders."""
+    digest = {}
+    for path in Path(folder).rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(rel.parts[0] == s for s in skip) and "__pycache__" not in rel.parts:
+            digest[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory):
+    course = make_course(tmp_path_factory, "hostile", extra_config=f"c.Execute.timeout = {TIMEOUT}")
+    outside = tmp_path_factory.mktemp("outside") / f"pwned-{uuid.uuid4().hex}"
+    with tcp_listener() as (port, accepted):
+        submissions = build_submissions(course, port, outside)
+        for student, content in submissions.items():
+            path = grading.submission_path(course, student)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            elif content is not None:
+                notebook.write(content, path)
+        graded_by_grader = ("gradebook", "autograded", "feedback", ".batch", "logs", "reports")
+        before, repo_before = tree_digest(course, skip=graded_by_grader), tree_digest(REPO / "source")
+        results = batch.grade(course, workers=2)
+        grading.generate_feedback(course)
+        yield dict(course=course, results=results, scores=grading.cell_scores(course), accepted=list(accepted),
+                   outside=outside, unchanged=before == tree_digest(course, skip=graded_by_grader + ("feedback",))
+                   and repo_before == tree_digest(REPO / "source"), students=list(submissions))
+
+
+def earned(scores, student):
+    return {g: s for g, (s, m, manual) in scores[student].items() if not manual}
+
+
+def test_batch_completes_and_the_gradebook_is_intact(hostile):
+    assert set(hostile["results"]) == set(hostile["students"])
+    assert all(r["graded"] for r in hostile["results"].values())
+    assert set(hostile["scores"]) == set(hostile["students"])
+    correct = hostile["scores"]["correct"]
+    for student, cells in hostile["scores"].items():  # every student has every graded cell, same maxima
+        assert {g: m for g, (s, m, _) in cells.items()} == {g: m for g, (s, m, _) in correct.items()}, student
+
+
+def test_correct_submission_keeps_full_marks(hostile):
+    auto = earned(hostile["scores"], "correct")
+    assert sum(auto.values()) == 42 and len(auto) == 27
+
+
+@pytest.mark.parametrize("student", ["deleted_cells", "duplicated_cells", "reordered_cells", "changed_cell_type"])
+def test_restructured_notebooks_are_restored_and_lose_nothing(hostile, student):
+    """Deleted, duplicated, moved and retyped cells come back from the gradebook in place."""
+    assert earned(hostile["scores"], student) == earned(hostile["scores"], "correct")
+    assert hostile["results"][student]["reason"] == "" or "an added cell" in hostile["results"][student]["reason"]
+
+
+@pytest.mark.parametrize("student", ["syntax_errors", "edited_tests", "endless_loop", "ignores_interrupt",
+                                     "fork_bomb", "huge_memory", "os_exit", "segfault", "huge_output",
+                                     "reads_secrets", "loopback", "writes_outside", "corrupt_notebook",
+                                     "empty_folder"])
+def test_attacks_on_a_blank_notebook_earn_nothing(hostile, student):
+    assert sum(earned(hostile["scores"], student).values()) == 0
+
+
+def test_faking_passing_tests_gains_nothing_and_costs_nothing_else(hostile):
+    scores = earned(hostile["scores"], "monkeypatch_fake")
+    correct = earned(hostile["scores"], "correct")
+    assert {g for g, s in scores.items() if s != correct[g]} == {"task1_random_batch_changes",
+                                                                 "task1_random_batch_correct"}
+    assert scores["task1_random_batch_correct"] == 0
+    reason = hostile["results"]["monkeypatch_fake"]["reason"]
+    assert reason.startswith("cells not run because their code could change grading") and reason.count("an added cell") == 7
+
+
+@pytest.mark.parametrize("student, reason", [
+    ("endless_loop", f"a cell ran longer than the {TIMEOUT} s limit"),
+    ("ignores_interrupt", "still running 10 s after being interrupted"),
+    ("os_exit", "execution stopped"),
+    ("segfault", "execution stopped"),
+    ("fork_bomb", "could change grading"),
+    ("corrupt_notebook", "cannot be read"),
+    ("empty_folder", "no notebook submitted"),
+    ("syntax_errors", ""),
+    ("huge_memory", ""),
+])
+def test_reason_recorded_for_the_student(hostile, student, reason):
+    recorded = hostile["results"][student]["reason"]
+    assert reason in recorded if reason else recorded == ""
+    log = (hostile["course"] / "logs" / "tutorial3" / f"{student}.log").read_text()
+    assert f"reason: {recorded or 'none'}" in log
+
+
+def student_visible(course, student):
+    """What the student gets back: the feedback page, and the outputs of their graded notebook."""
+    path = course / "autograded" / student / "tutorial3" / "tutorial3.ipynb"
+    feedback = course / "feedback" / student / "tutorial3" / "tutorial3.html"
+    outputs = [json.dumps(c.get("outputs", [])) for c in notebook.read(path).cells] if path.exists() else []
+    return "\n".join(outputs) + (feedback.read_text(errors="replace") if feedback.exists() else "")
+
+
+def test_nothing_leaks_and_nothing_outside_scratch_changes(hostile):
+    course = hostile["course"]
+    assert hostile["accepted"] == [], "a submission reached the listener on 127.0.0.1"
+    assert not hostile["outside"].exists() and not Path(str(hostile["outside"]) + ".npy").exists()
+    assert hostile["unchanged"], "a file in the course folder or the repository changed"
+    for student in hostile["students"]:
+        text = student_visible(course, student)
+        assert "SQLite format 3" not in text and SECRET_LINE not in text and RUBRIC_LINE not in text, student
+    secrets = notebook.read(course / "autograded" / "reads_secrets" / "tutorial3" / "tutorial3.ipynb")
+    enames = [o.get("ename") for c in secrets.cells if c.cell_type == "code" and not notebook.meta(c) for o in c.outputs]
+    assert enames == ["RefusedCell", "FileNotFoundError", "FileNotFoundError"]
+    assert "Read-only file system" in student_visible(course, "writes_outside") or \
+        "No such file or directory" in student_visible(course, "writes_outside")
+
+
+def test_output_and_memory_are_capped(hostile):
+    course = hostile["course"]
+    size = (course / "autograded" / "huge_output" / "tutorial3" / "tutorial3.ipynb").stat().st_size
+    assert size < 25 * 1024**2
+    assert "output stopped: the notebook printed more than 20 MiB" in student_visible(course, "huge_output")
+    assert "MemoryError" in student_visible(course, "huge_memory")
