@@ -18,6 +18,7 @@ catch.
 import ast
 import builtins
 import importlib
+import re
 
 import nbformat
 from IPython.core.inputtransformer2 import TransformerManager
@@ -29,11 +30,17 @@ ALLOWED_IMPORTS = {"numpy", "torch", "torchvision", "matplotlib", "math", "rando
 # Names that reach the interpreter's internals, run code from strings or files, or stop the kernel.
 FORBIDDEN_NAMES = {"getattr", "setattr", "delattr", "vars", "globals", "locals", "eval", "exec", "compile",
                    "open", "breakpoint", "input", "memoryview", "get_ipython", "exit", "quit", "help"}
-# ... and attributes that lead to frames, the module table, pickles, C memory or processes.
+# IPython keeps every executed cell's source (the grader's too) in these.
+IPYTHON_HISTORY = re.compile(r"^(In|Out|_i+|_i\d+|_ih|_oh|_dh|_\d+)$")
+# ... and attributes that lead to frames, the module table, source code, pickles, C memory or
+# processes, including the standard modules numpy and torch re-export (torch.os, torch.sys...).
 FORBIDDEN_ATTRIBUTES = FORBIDDEN_NAMES | {
     "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "gi_frame", "cr_frame", "ag_frame", "tb_frame",
     "tb_next", "modules", "settrace", "setprofile", "currentframe", "stack", "getouterframes", "import_module",
-    "load", "loads", "ctypeslib", "ctypes", "system", "popen", "spawn", "fork", "kill"}
+    "getsource", "getsourcelines", "findsource", "getlines", "jit", "fx", "load", "loads", "ctypeslib",
+    "system", "popen", "spawn", "fork", "kill",
+    "os", "sys", "builtins", "inspect", "linecache", "gc", "importlib", "subprocess", "ctypes", "pickle",
+    "marshal", "types", "traceback", "signal", "socket", "threading", "multiprocessing", "shutil", "io"}
 TENSOR_FIELDS = {"data", "grad", "requires_grad"}  # attributes students set: params[i].data = ...
 UNKNOWN = object()  # a library expression whose object cannot be told without running the code
 HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python, whose attributes can be replaced
@@ -155,7 +162,7 @@ def tamper_findings(source, instructor, student_imports=None):
                 refuse(node, "uses `import *`")
         elif isinstance(node, ast.Name):
             dunder = node.id.startswith("__") and node.id.endswith("__")
-            if (node.id in FORBIDDEN_NAMES or dunder) and node not in help_requests:
+            if (node.id in FORBIDDEN_NAMES or dunder or IPYTHON_HISTORY.match(node.id)) and node not in help_requests:
                 refuse(node, f"uses `{node.id}`, which graded code may not use")
             elif node.id.startswith("_") and node.id in instructor.names:
                 refuse(node, f"uses `{node.id}`, which belongs to the grader")
@@ -175,6 +182,8 @@ def tamper_findings(source, instructor, student_imports=None):
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             if node.name.startswith("__") and node.name.endswith("__") and node.name != "__init__":
                 refuse(node, f"defines `{node.name}`, which changes how Python treats objects")
+            if isinstance(node, ast.ClassDef) and node.keywords:
+                refuse(node, f"gives class `{node.name}` a metaclass or class arguments")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type":
             if not isinstance(parents.get(node), ast.Compare):
                 refuse(node, "uses `type(...)` other than in a comparison such as `type(x) is np.ndarray`")
@@ -215,6 +224,8 @@ def check_library_use(name, parents, aliases, refuse):
     elif isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) \
             and parent.func.id in ("isinstance", "issubclass") and top in parent.args[1:]:
         return
+    elif isinstance(parent, ast.ClassDef):
+        refuse(top, f"builds a class on `{ast.unparse(top)}`, a library class the tests may use")
     elif isinstance(top, ast.Subscript) or can_be_patched(library_object(top, aliases)):
         refuse(top, f"uses `{ast.unparse(top)}` as a value; a library's modules and classes may only "
                     f"be called or have their attributes read")
@@ -238,11 +249,14 @@ class RestoreCells(OverwriteCells):
             solutions = {cell.name for cell in source.solution_cells}
             tasks = {cell.name for cell in source.task_cells}
             missing = {cell.name: cell for cell in source.source_cells}
+            locked_sources = {cell.source for cell in source.source_cells if cell.locked}
             groups, free = {}, []  # gradebook cell id -> [student cells before it..., the cell]
             for cell in nb.cells:
                 if cell.metadata.get("nbgrader") == {}:  # a duplicate, emptied by DeduplicateIds
                     del cell.metadata["nbgrader"]
                 grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+                if grade_id is None and cell.source in locked_sources:
+                    continue  # a copy of a read-only or test cell: the original is kept
                 if grade_id in missing and grade_id not in groups:
                     groups[grade_id] = free + [cell]
                     free = []

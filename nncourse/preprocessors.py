@@ -8,6 +8,7 @@
 """
 import re
 
+from nbformat.v4 import new_output
 from nbgrader import utils
 from nbgrader.preprocessors import ClearHiddenTests, ClearMarkScheme, ClearSolutions, NbGraderPreprocessor
 
@@ -71,9 +72,44 @@ class ClearMarkSchemes(ClearMarkScheme):
 
 
 class HideGraderOnlyText(NbGraderPreprocessor):
-    """Feedback shows students their results, but not the hidden tests' code or the rubrics."""
+    """Feedback shows students their results, but not the hidden tests' code or the rubrics: the
+    regions are cut from the cells, and an output that shows one of their lines (printed by code
+    that found a way to read them) is replaced by a note."""
+
+    min_line_length = 20  # shorter lines (`return x`) are too common to tell a leak
+    secret_lines = frozenset()  # set per notebook by preprocess()
+
+    def preprocess(self, nb, resources):
+        self.secret_lines = grader_only_lines(nb, self.min_line_length)
+        return super().preprocess(nb, resources)
 
     def preprocess_cell(self, cell, resources, index):
         ClearHiddenTests()._remove_hidden_test_region(cell)
         ClearMarkScheme()._remove_mark_scheme_region(cell)
+        for i, output in enumerate(cell.get("outputs", [])):
+            if any(line in text for text in output_texts(output) for line in self.secret_lines):
+                cell.outputs[i] = new_output("stream", name="stdout",
+                                             text="[output removed: it showed the grader's hidden code]\n")
         return cell, resources
+
+
+def grader_only_lines(nb, min_length):
+    """The stripped lines of every hidden-test and mark-scheme region, at least `min_length` long."""
+    lines, inside = set(), False
+    for cell in nb.cells:
+        for line in cell.source.splitlines():
+            if "BEGIN HIDDEN TESTS" in line or "BEGIN MARK SCHEME" in line:
+                inside = True
+            elif "END HIDDEN TESTS" in line or "END MARK SCHEME" in line:
+                inside = False
+            elif inside and len(line.strip()) >= min_length:
+                lines.add(line.strip())
+    return lines
+
+
+def output_texts(output):
+    """Every piece of text in a cell output."""
+    texts = [output.get("text", ""), output.get("evalue", ""), *output.get("traceback", [])]
+    texts += [v if isinstance(v, str) else "".join(v) for v in output.get("data", {}).values()
+              if isinstance(v, (str, list))]
+    return [t if isinstance(t, str) else "".join(t) for t in texts]

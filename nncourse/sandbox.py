@@ -159,6 +159,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             kernel_cmd = self._sandbox_command(kernel_cmd)
             kw["env"] = self._sandbox_env(kw.get("env") or os.environ)
             kw["cwd"] = str(self._scratch)
+            kw.setdefault("stdout", subprocess.DEVNULL)  # ipykernel's start-up notice; stderr is kept
             if os.geteuid() == 0:
                 os.chown(self.connection_file, self._uid, self._uid)
         return await super()._async_launch_kernel(kernel_cmd, **kw)

@@ -27,7 +27,7 @@ def broken_submissions(course):
         cell.source = line + "\n" + cell.source
         return nb
 
-    notebook.write(with_first_line("task2_cross_entropy_numpy", "import torch; torch.os.abort()"),
+    notebook.write(with_first_line("task2_cross_entropy_numpy", "np.lib.stride_tricks.as_strided(np.zeros(1), shape=(2**40,), strides=(2**24,)).sum()  # segfault"),
                    grading.submission_path(course, "kernel_dies"))
     notebook.write(with_first_line("task2_update_numpy", "while True: pass"),
                    grading.submission_path(course, "endless_loop"))

@@ -57,7 +57,8 @@ REFUSED = {
     "def gradient_descent(*a, **k):\n    return [0], [0], [88.15]": "redefines `gradient_descent`",
     "test_lbls_onehot = train_lbls_onehot": "redefines `test_lbls_onehot`",
     "t = np.testing\nt.assert_allclose = print": "uses `np.testing` as a value",
-    "class Fake(torch.Tensor):\n    pass": "uses `torch.Tensor` as a value",
+    "class Fake(torch.Tensor):\n    pass": "builds a class on `torch.Tensor`",
+    "class Fake(np.ndarray):\n    def all(self, *a, **k):\n        return True": "builds a class on `np.ndarray`",
     "class Fake:\n    def __eq__(self, other):\n        return True": "defines `__eq__`",
     "def patch(self, f):\n    self.allclose = f\npatch(torch, None)": "uses `torch` as a value",
     "type(torch.zeros(1)).allclose = None": "uses `type(...)` other than in a comparison",
@@ -72,6 +73,12 @@ REFUSED = {
     "torch.load('weights.pt')": "uses `.load`",
     "del np.random": "changes `np.random`",
     "params = [1]\nparams[0].secret = 1": "sets `params[0].secret`",
+    "print(In[13])": "uses `In`",
+    "class Fake(metaclass=type):\n    pass": "gives class `Fake` a metaclass",
+    "print(_i13)": "uses `_i13`",
+    "import torch\nprint(torch.inspect.getsource(get_random_batch))": "uses `.inspect`",
+    "import torch\ntorch.os.abort()": "uses `.os`",
+    "import torch\nprint(torch.jit.script(get_random_batch).code)": "uses `.jit`",
 }
 
 

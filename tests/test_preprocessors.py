@@ -54,3 +54,17 @@ def test_feedback_strips_hidden_tests_and_rubrics_from_any_cell():
     cell = code_cell('"""doc"""\n### BEGIN HIDDEN TESTS\nsecret()\n### END HIDDEN TESTS\n'
                      '=== BEGIN MARK SCHEME ===\nrubric\n=== END MARK SCHEME ===', grade=True, locked=True)
     assert HideGraderOnlyText().preprocess_cell(cell, {}, 0)[0].source == '"""doc"""'
+
+
+def test_feedback_drops_outputs_that_show_hidden_code():
+    grader = code_cell("### BEGIN HIDDEN TESTS\nreference_answer = compute_the_reference(x)\n### END HIDDEN TESTS",
+                       locked=True)
+    leak = code_cell("print(In[1])", solution=True)
+    leak.outputs = [nbformat.v4.new_output("stream", name="stdout", text="reference_answer = compute_the_reference(x)\n")]
+    fine = code_cell("print(2)", solution=True)
+    fine.outputs = [nbformat.v4.new_output("stream", name="stdout", text="reference_answer is 2\n")]
+    nb = nbformat.v4.new_notebook(cells=[grader, leak, fine])
+    nb, _ = HideGraderOnlyText().preprocess(nb, {})
+    assert nb.cells[1].outputs[0].text == "[output removed: it showed the grader's hidden code]\n"
+    assert nb.cells[2].outputs[0].text == "reference_answer is 2\n"
+    assert "compute_the_reference" not in nb.cells[0].source
