@@ -26,7 +26,7 @@ from nbgrader.api import Gradebook
 from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
 
 ALLOWED_IMPORTS = {"numpy", "torch", "torchvision", "matplotlib", "math", "random", "time", "collections",
-                   "itertools", "functools", "typing", "copy", "statistics"}
+                   "itertools", "copy", "statistics"}
 # Names that reach the interpreter's internals, run code from strings or files, or stop the kernel.
 FORBIDDEN_NAMES = {"getattr", "setattr", "delattr", "vars", "globals", "locals", "eval", "exec", "compile",
                    "open", "breakpoint", "input", "memoryview", "get_ipython", "exit", "quit", "help"}
@@ -40,7 +40,12 @@ FORBIDDEN_ATTRIBUTES = FORBIDDEN_NAMES | {
     "getsource", "getsourcelines", "findsource", "getlines", "jit", "fx", "load", "loads", "ctypeslib",
     "system", "popen", "spawn", "fork", "kill",
     "os", "sys", "builtins", "inspect", "linecache", "gc", "importlib", "subprocess", "ctypes", "pickle",
-    "marshal", "types", "traceback", "signal", "socket", "threading", "multiprocessing", "shutil", "io"}
+    "marshal", "types", "traceback", "signal", "socket", "threading", "multiprocessing", "shutil", "io",
+    # ... torch's operator registry and code loaders, numpy's compilers, and memory shared with
+    # the notebook's read-only data
+    "library", "ops", "overrides", "hub", "package", "compiler", "serialization", "f2py", "distutils",
+    "getattr_static", "getmembers", "getmodule", "setflags", "base", "from_numpy", "as_tensor", "asarray",
+    "frombuffer"}
 TENSOR_FIELDS = {"data", "grad", "requires_grad"}  # attributes students set: params[i].data = ...
 UNKNOWN = object()  # a library expression whose object cannot be told without running the code
 HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python, whose attributes can be replaced
@@ -158,8 +163,17 @@ def tamper_findings(source, instructor, student_imports=None):
                 if module.split(".")[0] not in ALLOWED_IMPORTS or getattr(node, "level", 0):
                     refuse(node, f"imports `{module}`; graded code may import only "
                                  f"{', '.join(sorted(ALLOWED_IMPORTS))}")
-            if any(a.name == "*" for a in node.names):
-                refuse(node, "uses `import *`")
+            parts = [p for m in modules for p in m.split(".")[1:]]
+            parts += [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            for part in parts:  # `from torch import inspect` is `torch.inspect`
+                if part == "*":
+                    refuse(node, "uses `import *`")
+                elif part in FORBIDDEN_ATTRIBUTES or part.startswith("_"):
+                    refuse(node, f"imports `{part}`, which graded code may not use")
+        elif isinstance(node, ast.Match):
+            refuse(node, "uses a `match` statement")
+        elif isinstance(node, (ast.arg, ast.AnnAssign)) and node.annotation is not None:
+            refuse(node, "uses a type annotation (they can run code from strings)")
         elif isinstance(node, ast.Name):
             dunder = node.id.startswith("__") and node.id.endswith("__")
             if (node.id in FORBIDDEN_NAMES or dunder or IPYTHON_HISTORY.match(node.id)) and node not in help_requests:
@@ -180,6 +194,8 @@ def tamper_findings(source, instructor, student_imports=None):
                 refuse(node, f"sets `{ast.unparse(node)}`: code may set attributes only on `self`, "
                              f"or a tensor's .data, .grad and .requires_grad")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if getattr(node, "returns", None) is not None:
+                refuse(node, "uses a type annotation (they can run code from strings)")
             if node.name.startswith("__") and node.name.endswith("__") and node.name != "__init__":
                 refuse(node, f"defines `{node.name}`, which changes how Python treats objects")
             if isinstance(node, ast.ClassDef) and node.keywords:
@@ -197,17 +213,24 @@ def tamper_findings(source, instructor, student_imports=None):
 
 
 def help_syntax(tree):
-    """The `get_ipython` names of IPython's help syntax (`x?`, and the release's `????` blanks),
-    which only shows documentation."""
+    """The `get_ipython` names of IPython's help syntax on the release's `????` blanks, which only
+    shows documentation (`_build_grader??` would show the grader's code: not allowed)."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                 and node.func.attr == "run_line_magic" and isinstance(node.func.value, ast.Call) \
                 and isinstance(node.func.value.func, ast.Name) and node.func.value.func.id == "get_ipython" \
                 and node.args and isinstance(node.args[0], ast.Constant) \
-                and node.args[0].value in ("pinfo", "pinfo2", "psearch"):
+                and node.args[0].value in ("pinfo", "pinfo2", "psearch") and len(node.args) > 1 \
+                and isinstance(node.args[1], ast.Constant) and is_blank(str(node.args[1].value)):
             found |= {node.func.value, node.func.value.func}
     return found
+
+
+def is_blank(text):
+    """A release line with `???` blanks, whose names are all ordinary ones."""
+    names = re.findall(r"[A-Za-z_]\w*", text)
+    return "?" in text and not any(n.startswith("_") or n in FORBIDDEN_ATTRIBUTES for n in names)
 
 
 def check_library_use(name, parents, aliases, refuse):

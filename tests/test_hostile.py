@@ -117,6 +117,8 @@ def build_submissions(course, port, outside):
             "_grader.check = lambda *a, **k: None",
             "def get_random_batch(imgs, lbls, n, rng):\n    return [imgs[:n], lbls[:n]]\n"
             "globals()['get_random_batch'] = get_random_batch",
+            "_build_grader??",
+            "test_lbls_onehot[:] = 0  # runs, but the data is read-only",
             after="task1_random_batch"),
         "corrupt_notebook": b'{"cells": [\xff\xfe not json, \xc3\x28',
         "empty_folder": None,
@@ -195,7 +197,10 @@ def test_faking_passing_tests_gains_nothing_and_costs_nothing_else(hostile):
                                                                  "task1_random_batch_correct"}
     assert scores["task1_random_batch_correct"] == 0
     reason = hostile["results"]["monkeypatch_fake"]["reason"]
-    assert reason == "cells not run because their code could change grading: 7 added cells"
+    assert reason == "cells not run because their code could change grading: 8 added cells"
+    graded = notebook.read(hostile["course"] / "autograded" / "monkeypatch_fake" / "tutorial3" / "tutorial3.ipynb")
+    errors = [o.get("evalue", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs]
+    assert "assignment destination is read-only" in errors
 
 
 @pytest.mark.parametrize("student, reason", [
