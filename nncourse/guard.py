@@ -19,6 +19,7 @@ import ast
 import builtins
 import importlib
 import re
+from types import SimpleNamespace
 
 import nbformat
 from IPython.core.inputtransformer2 import TransformerManager
@@ -260,41 +261,48 @@ def refusal_message(findings):
             f"Rewrite it without that; ask your instructor if you think this is a mistake.")
 
 
+def source_notebook(resources):
+    """The gradebook's record of the source notebook, read once: its cells in order (name, source,
+    cell_type, locked, checksum), max scores by grade id, and the ids of solution and task cells."""
+    with Gradebook(resources["nbgrader"]["db_url"]) as gradebook:
+        source = gradebook.find_notebook(resources["nbgrader"]["notebook"], resources["nbgrader"]["assignment"])
+        return SimpleNamespace(
+            cells=[SimpleNamespace(name=c.name, source=c.source, cell_type=c.cell_type, locked=c.locked,
+                                   checksum=c.checksum) for c in source.source_cells],
+            max_scores={c.name: c.max_score for c in source.grade_cells},
+            solutions={c.name for c in source.solution_cells},
+            tasks={c.name for c in source.task_cells})
+
+
 class RestoreCells(OverwriteCells):
     """OverwriteCells, after restoring the source notebook's gradebook cells and their order."""
 
     def preprocess(self, nb, resources):
-        gradebook = Gradebook(resources["nbgrader"]["db_url"])
-        with gradebook:
-            source = gradebook.find_notebook(resources["nbgrader"]["notebook"], resources["nbgrader"]["assignment"])
-            order = [cell.name for cell in source.source_cells]
-            max_scores = {cell.name: cell.max_score for cell in source.grade_cells}
-            solutions = {cell.name for cell in source.solution_cells}
-            tasks = {cell.name for cell in source.task_cells}
-            missing = {cell.name: cell for cell in source.source_cells}
-            locked_sources = {cell.source for cell in source.source_cells if cell.locked}
-            groups, free = {}, []  # gradebook cell id -> [student cells before it..., the cell]
-            for cell in nb.cells:
-                if cell.metadata.get("nbgrader") == {}:  # a duplicate, emptied by DeduplicateIds
-                    del cell.metadata["nbgrader"]
-                grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-                if grade_id is None and cell.source in locked_sources:
-                    continue  # a copy of a read-only or test cell: the original is kept
-                if grade_id in missing and grade_id not in groups:
-                    groups[grade_id] = free + [cell]
-                    free = []
-                else:
-                    free.append(cell)
-            cells = []
-            for name in order:
-                if name in groups:
-                    restore_cell_type(groups[name][-1], missing[name].cell_type)
-                    cells += groups[name]
-                else:
-                    self.log.warning("Cell %s was missing or moved; restored in its place", name)
-                    cells.append(self.restored_cell(missing[name], max_scores.get(name), name in solutions,
-                                                    name in tasks))
-            nb.cells = cells + free
+        source = source_notebook(resources)
+        by_name = {cell.name: cell for cell in source.cells}
+        locked_sources = {cell.source for cell in source.cells if cell.locked}
+        groups, free = {}, []  # gradebook cell id -> [student cells before it..., the cell]
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader") == {}:  # a duplicate, emptied by DeduplicateIds
+                del cell.metadata["nbgrader"]
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if grade_id is None and cell.source in locked_sources:
+                continue  # a copy of a read-only or test cell: the original is kept
+            if grade_id in by_name and grade_id not in groups:
+                groups[grade_id] = free + [cell]
+                free = []
+            else:
+                free.append(cell)
+        cells = []
+        for name, source_cell in by_name.items():
+            if name in groups:
+                restore_cell_type(groups[name][-1], source_cell.cell_type)
+                cells += groups[name]
+            else:
+                self.log.warning("Cell %s was missing or moved; restored in its place", name)
+                cells.append(self.restored_cell(source_cell, source.max_scores.get(name), name in source.solutions,
+                                                name in source.tasks))
+        nb.cells = cells + free
         return super().preprocess(nb, resources)
 
     def restored_cell(self, source_cell, max_score, is_solution, is_task):
@@ -325,10 +333,7 @@ class RefuseTampering(NbGraderPreprocessor):
     """Mark students' code cells that could change what the tests rely on (see module docstring)."""
 
     def preprocess(self, nb, resources):
-        gradebook = Gradebook(resources["nbgrader"]["db_url"])
-        with gradebook:
-            source = gradebook.find_notebook(resources["nbgrader"]["notebook"], resources["nbgrader"]["assignment"])
-            locked = {cell.name: cell.source for cell in source.source_cells if cell.locked}
+        locked = {cell.name: cell.source for cell in source_notebook(resources).cells if cell.locked}
         instructor = InstructorCode(locked.values())
         students = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source != locked.get(
             cell.metadata.get("nbgrader", {}).get("grade_id"))]

@@ -95,12 +95,15 @@ class HideGraderOnlyText(NbGraderPreprocessor):
 
 def grader_only_lines(nb, min_length):
     """The stripped lines of every hidden-test and mark-scheme region, at least `min_length` long."""
+    tests, rubrics = ClearHiddenTests(), ClearMarkScheme()  # their delimiters, as the clearing uses them
+    begins = (tests.begin_test_delimeter, rubrics.begin_mark_scheme_delimeter)
+    ends = (tests.end_test_delimeter, rubrics.end_mark_scheme_delimeter)
     lines, inside = set(), False
     for cell in nb.cells:
         for line in cell.source.splitlines():
-            if "BEGIN HIDDEN TESTS" in line or "BEGIN MARK SCHEME" in line:
+            if any(d in line for d in begins):
                 inside = True
-            elif "END HIDDEN TESTS" in line or "END MARK SCHEME" in line:
+            elif any(d in line for d in ends):
                 inside = False
             elif inside and len(line.strip()) >= min_length:
                 lines.add(line.strip())

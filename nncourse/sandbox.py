@@ -218,7 +218,7 @@ class SandboxedExecute(Execute):
     def preprocess_cell(self, cell, resources, index):
         reason = refused(cell)
         if reason:  # see guard.RefuseTampering
-            cell.outputs = [new_output("error", ename="RefusedCell", evalue=reason, traceback=[f"RefusedCell: {reason}"])]
+            cell.outputs = [error_output("RefusedCell", reason)]
             return cell, resources
         return super().preprocess_cell(cell, resources, index)
 
@@ -247,4 +247,9 @@ def mark_unrun_cells(nb, reason):
     """Give every code cell that did not run an error output, so that its tests score 0."""
     for cell in nb.cells:
         if cell.cell_type == "code" and cell.get("execution_count") is None and not cell.get("outputs"):
-            cell.outputs = [new_output("error", ename="NotRun", evalue=reason, traceback=[f"NotRun: {reason}"])]
+            cell.outputs = [error_output("NotRun", reason)]
+
+
+def error_output(ename, reason):
+    """An error output that fails the cell's tests and tells the student why."""
+    return new_output("error", ename=ename, evalue=reason, traceback=[f"{ename}: {reason}"])
