@@ -11,10 +11,11 @@ from nbgrader.preprocessors import (  # noqa: E402
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
 from nncourse import kernel_env  # noqa: E402
-from nncourse.guard import RefuseTampering, RestoreCells  # noqa: E402
+from nncourse.guard import RestoreCells  # noqa: E402
 from nncourse.preprocessors import (  # noqa: E402
     ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
 from nncourse.sandbox import SandboxedExecute  # noqa: E402
+from nncourse.verdicts import DecideVerdicts, InsertProbes  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
@@ -31,13 +32,15 @@ c.Execute.timeout = 600
 # c.SandboxedExecute.max_output_mib = 20, .interrupt_grace = 10.
 # NNCOURSE_SANDBOX=off (or c.SandboxedKernelManager.enabled = False) knowingly turns it off.
 # Before that, nbgrader's sanitize steps, with OverwriteCells extended to restore deleted and moved
-# cells (RestoreCells), and students' cells that could change how they are graded refused
-# (RefuseTampering): both in nncourse/guard.py.
+# cells (RestoreCells, nncourse/guard.py), and the assignment's probes put in the hidden set-up cell
+# (InsertProbes). After execution, DecideVerdicts decides every test cell in this process from the
+# plain data the kernel reported (nncourse/verdicts.py); student code itself is never refused.
+c.AssignmentStep.assignments = {"tutorial3": "nncourse.assignments.tutorial3.checks"}
 c.Autograde.sanitize_preprocessors = [
-    ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, RefuseTampering, CheckCellMetadata,
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, InsertProbes, CheckCellMetadata,
 ]
 c.Autograde.autograde_preprocessors = [
-    SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    SandboxedExecute, DecideVerdicts, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata,
 ]
 

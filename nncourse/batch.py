@@ -33,7 +33,6 @@ from traitlets.config import Config
 
 from . import kernel_env
 from .grading import ASSIGNMENT, NOTEBOOK
-from .guard import refused
 from .sandbox import SandboxedExecute, SandboxError, check_sandbox, mark_unrun_cells
 
 SANDBOX_SECTIONS = ("SandboxedKernelManager", "SandboxedExecute")
@@ -95,11 +94,6 @@ def why_not_normal(nb, timeout):
         reasons.append(f"execution stopped: {stopped}")
     elif timed_out(nb):
         reasons.append(f"a cell ran longer than the {timeout} s limit and was interrupted")
-    refused_cells = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells if refused(c)]
-    if refused_cells:
-        added = refused_cells.count(None)
-        named = [c for c in refused_cells if c] + ([f"{added} added cell{'s' if added > 1 else ''}"] if added else [])
-        reasons.append(f"cells not run because their code could change grading: {', '.join(named)}")
     return "; ".join(reasons)
 
 

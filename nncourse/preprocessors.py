@@ -55,11 +55,18 @@ def _check_allowed(cell, removed, what):
                            f"read-only cell, so that nbgrader restores it when grading:\n{cell.source}")
 
 
+HIDDEN_ONLY_LINE = "pass  # this cell's tests run when your notebook is graded"
+
+
 class ClearHiddenRegions(ClearHiddenTests):
-    """Remove hidden-test regions from test cells and read-only cells."""
+    """Remove hidden-test regions from test cells and read-only cells. A test cell left with
+    its docstring only gets a `pass` line, so that it does not echo the docstring."""
 
     def preprocess_cell(self, cell, resources, index):
-        _check_allowed(cell, self._remove_hidden_test_region(cell), "hidden-test")
+        removed = self._remove_hidden_test_region(cell)
+        _check_allowed(cell, removed, "hidden-test")
+        if removed and utils.is_grade(cell) and len(cell.source.strip().splitlines()) == 1:
+            cell.source = cell.source.rstrip() + "\n" + HIDDEN_ONLY_LINE
         return cell, resources
 
 

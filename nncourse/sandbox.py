@@ -13,6 +13,7 @@ The gradebook, the source and release notebooks, other submissions, the reposito
 directory are simply not there. nbgrader_config.py makes SandboxedKernelManager the kernel manager
 of nbgrader's Execute step, so plain `nbgrader autograde` and the batch grader both use it.
 """
+import ast
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
-from .guard import refused
+from .verdicts import REPORT_MIME
 
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
                 "(or c.SandboxedKernelManager.enabled = False in nbgrader_config.py).")
@@ -187,8 +188,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 
 class SandboxedExecute(Execute):
-    """nbgrader's Execute step with sandboxed kernels, which does not run cells that
-    guard.RefuseTampering refused, and has two more limits: the notebook's total
+    """nbgrader's Execute step with sandboxed kernels, and two more limits: the notebook's total
     output, and a cell that keeps running after being interrupted at the time limit (code that
     ignores SIGINT), whose kernel is then stopped. A kernel that dies or is stopped does not stop
     grading: the cells it did not run get an error output (so their tests score 0) and the reason
@@ -196,13 +196,15 @@ class SandboxedExecute(Execute):
 
     interrupt_grace = Integer(10, help="Seconds a cell may take to stop after being interrupted").tag(config=True)
     max_output_mib = Integer(20, help="Output a notebook may produce, MiB; more is dropped").tag(config=True)
+    max_reports_mib = Integer(64, help="Test reports a notebook may send, MiB in all; more are dropped, "
+                                       "so their tests fail").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
         super().__init__(*args, **kwargs)
 
     def preprocess(self, nb, resources, km=None):
-        self._output_bytes, self._output_capped = 0, False
+        self._output_bytes, self._output_capped, self._report_bytes = 0, False, 0
         try:
             return super().preprocess(nb, resources, km=km)
         except DeadKernelError as err:
@@ -216,11 +218,29 @@ class SandboxedExecute(Execute):
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
-        reason = refused(cell)
-        if reason:  # see guard.RefuseTampering
-            cell.outputs = [error_output("RefusedCell", reason)]
-            return cell, resources
-        return super().preprocess_cell(cell, resources, index)
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        stand_ins = cell.metadata.get("nncourse", {}).get("stand_ins")
+        if stand_ins:
+            self.provide_missing(stand_ins)
+        return cell, resources
+
+    def provide_missing(self, stand_ins):
+        """Put each stand-in ({name: {source, object}}) in the kernel if the notebook has no
+        callable of that name, so that later tasks can run. The kernel only answers which names
+        are missing; a wrong answer only costs that student the later tasks."""
+        names = sorted(stand_ins)
+        reply = self.wait_for_reply(self.kc.execute(
+            "", silent=True, store_history=False,
+            user_expressions={"missing": f"[n for n in {names!r} if not callable(globals().get(n))]"}))
+        try:
+            answer = reply["content"]["user_expressions"]["missing"]["data"]["text/plain"]
+            missing = [n for n in ast.literal_eval(answer) if n in stand_ins]
+        except (KeyError, TypeError, ValueError, SyntaxError):
+            return
+        for name in missing:
+            code = (f"_stand_in = {{}}\nexec(compile({stand_ins[name]['source']!r}, 'stand-in', 'exec'), _stand_in)\n"
+                    f"globals()[{name!r}] = _stand_in[{stand_ins[name]['object']!r}]\ndel _stand_in\n")
+            self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False))
 
     async def _async_handle_timeout(self, timeout, cell=None):
         reply = await super()._async_handle_timeout(timeout, cell)  # interrupts the kernel
@@ -233,7 +253,14 @@ class SandboxedExecute(Execute):
         return reply
 
     def output(self, outs, msg, display_id, cell_index):
-        self._output_bytes += len(json.dumps(msg.get("content", {})))
+        content = msg.get("content", {})
+        size = len(json.dumps(content))
+        if REPORT_MIME in (content.get("data") or {}):  # test reports have a budget of their own
+            self._report_bytes += size
+            if self._report_bytes <= self.max_reports_mib * 1024 ** 2:
+                return super().output(outs, msg, display_id, cell_index)
+            return None  # dropped: that test fails for want of a report
+        self._output_bytes += size
         if self._output_bytes <= self.max_output_mib * 1024 ** 2:
             return super().output(outs, msg, display_id, cell_index)
         if not self._output_capped:

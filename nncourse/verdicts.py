@@ -1,0 +1,253 @@
+"""Verdicts decided in the grader's process, from plain data that the student's kernel reports.
+
+An assignment is a module (see nncourse/assignments/tutorial3/checks.py) that provides:
+- PROBES_FILE: kernel-side code; `probe(test, notebook_globals, inputs)` returns a dict of arrays;
+- SETUP_CELL: grade_id of the hidden set-up cell that receives the probes at grading;
+- inputs(): the arrays the grader chooses as the probes' inputs (weights, activations...);
+- CHECKS: {test grade_id: Check}, each deciding one test cell from its report;
+- STAND_INS: {test grade_id: {name: source}}, definitions put in the kernel after that test
+  when the student's own is missing, so that later tasks can still run;
+- context(reports, nb, grader): what checks may consult besides their own report.
+
+The flow, as nbgrader steps (nbgrader_config.py):
+1. InsertProbes (sanitize, before the kernel starts): the set-up cell gets the probes and the
+   inputs; each hidden test cell calls `_report("<its grade_id>")`.
+2. The kernel runs the notebook. `_report` calls the student's code on the inputs and adds one
+   display output to the cell: {"test": grade_id, "npz": base64 of an .npz}.
+3. DecideVerdicts (after execution, before SaveAutoGrades): reads each test cell's report with
+   allow_pickle=False, size-capped and schema-checked, runs its check here, and replaces the
+   cell's outputs by the verdict: none (passed), `Test failed: <message>` (an error output), or
+   a partial score. A missing, duplicated, malformed or oversized report fails that test only.
+"""
+import base64
+import binascii
+import importlib
+import io
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Dict, Integer
+
+REPORT_MIME = "application/vnd.nncourse.report+json"
+MIB = 1024 ** 2
+
+
+class Failed(Exception):
+    """A failed check; its message is what the student reads (what is wrong, never the answer)."""
+
+
+@dataclass
+class Check:
+    """How one test cell is decided: its report's fields (name or regex -> dtype kinds and,
+    optionally, shape) and the function that judges them (raises Failed, or returns a fraction
+    of the points for partial credit)."""
+    judge: object
+    fields: dict = field(default_factory=dict)
+    required: tuple = ()
+
+    def schema_problem(self, report):
+        """Why `report` does not fit the schema, or ""."""
+        for key, value in report.items():
+            spec = next((s for pattern, s in self.fields.items() if re.fullmatch(pattern, key)), None)
+            if key == "error":
+                spec = ("U", ())
+            if spec is None:
+                return f"unexpected field {key!r}"
+            kinds, shape = spec if isinstance(spec, tuple) else (spec, None)
+            if value.dtype.kind not in kinds:
+                return f"field {key!r} has dtype {value.dtype}"
+            if shape is not None and value.shape != shape:
+                return f"field {key!r} has shape {value.shape}"
+        if "error" not in report:
+            missing = [k for k in self.required if k not in report]
+            if missing:
+                return f"fields {missing} are missing"
+        return ""
+
+
+@dataclass
+class Verdict:
+    score: float  # fraction of the points, 0..1
+    message: str = ""
+
+
+def load_assignment(module_name):
+    return importlib.import_module(module_name)
+
+
+# ------------------------------------------------------------------------------ kernel side
+KERNEL_CELL = '''# Used by the autograder: reports what your code returns on the grader's inputs. Leave it in place.
+def _make_reporter(notebook, probes_source, inputs_b64, mime):
+    import base64, io
+    import numpy as np
+    module = {{"__name__": "grading_probes"}}
+    exec(compile(probes_source, "grading_probes", "exec"), module)
+    inputs = dict(np.load(io.BytesIO(base64.b64decode(inputs_b64)), allow_pickle=False))
+
+    def report(test):
+        try:
+            fields = module["probe"](test, notebook, inputs)
+            buffer = io.BytesIO()
+            np.savez(buffer, **fields)
+        except Exception as err:
+            buffer = io.BytesIO()
+            np.savez(buffer, error=np.array(f"the test could not run: {{type(err).__name__}}: {{err}}"))
+        from IPython.display import display
+        display({{mime: {{"test": test, "npz": base64.b64encode(buffer.getvalue()).decode()}}}}, raw=True)
+    return report
+
+
+_report = _make_reporter(globals(), {source!r}, {inputs!r}, {mime!r})
+del _make_reporter
+'''
+HIDDEN = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
+
+
+def encode_arrays(arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@lru_cache(maxsize=4)
+def kernel_cell(module_name):
+    """Source of the hidden set-up cell: the probes, the inputs, and `_report`."""
+    assignment = load_assignment(module_name)
+    body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
+                              inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
+    return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+
+
+def report_call(test):
+    return f'_report("{test}")'
+
+
+class AssignmentStep(NbGraderPreprocessor):
+    """A step that looks up the module of the notebook's assignment."""
+    assignments = Dict(help="nbgrader assignment name -> module with its probes and checks, "
+                            "e.g. {'tutorial3': 'nncourse.assignments.tutorial3.checks'}").tag(config=True)
+
+    def assignment(self, resources):
+        name = resources.get("nbgrader", {}).get("assignment")
+        module = self.assignments.get(name)
+        return load_assignment(module) if module else None, module
+
+
+class InsertProbes(AssignmentStep):
+    """Sanitize step: the set-up cell gets the probes and inputs; stand-ins ride along in the
+    metadata of the test cells after which they may be needed (read by SandboxedExecute)."""
+
+    def preprocess(self, nb, resources):
+        for cell in nb.cells:  # only the grader writes this metadata
+            cell.metadata.pop("nncourse", None)
+        nb.metadata.pop("nncourse", None)
+        assignment, module = self.assignment(resources)
+        if assignment is None:
+            return nb, resources
+        for cell in nb.cells:
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if grade_id == assignment.SETUP_CELL:
+                cell.source = kernel_cell(module)
+            if grade_id in assignment.STAND_INS:
+                cell.metadata.setdefault("nncourse", {})["stand_ins"] = assignment.STAND_INS[grade_id]
+        return nb, resources
+
+
+# ------------------------------------------------------------------------------ grader side
+@dataclass
+class Report:
+    fields: dict = None
+    problem: str = ""  # why there is no usable report
+
+
+def decode_report(data, max_bytes):
+    """The arrays of one report output, read without pickles; ValueError says what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("npz"), str):
+        raise ValueError("it is not a report")
+    if len(data["npz"]) > max_bytes * 4 // 3 + 4:
+        raise ValueError(f"it is larger than {max_bytes // MIB} MiB")
+    try:
+        raw = base64.b64decode(data["npz"], validate=True)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (binascii.Error, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"it cannot be read as plain arrays ({type(err).__name__})") from None
+
+
+def cell_reports(cell, test, max_bytes):
+    """The report of test `test` in `cell`'s outputs."""
+    found = [o["data"][REPORT_MIME] for o in cell.get("outputs", [])
+             if o.get("output_type") in ("display_data", "execute_result") and REPORT_MIME in o.get("data", {})]
+    mine = [d for d in found if isinstance(d, dict) and d.get("test") == test]
+    if not mine:
+        return Report(problem="no result was reported: the test did not run to the end. "
+                              "Run the notebook from the top and fix the first error it shows.")
+    if len(mine) > 1:
+        return Report(problem="the test reported more than one result, so none is trusted.")
+    try:
+        return Report(fields=decode_report(mine[0], max_bytes))
+    except ValueError as err:
+        return Report(problem=f"the test's result is unusable: {err}.")
+
+
+def judge(check, report, context):
+    """The verdict of one check on one report."""
+    if report.fields is None:
+        return Verdict(0.0, report.problem)
+    problem = check.schema_problem(report.fields)
+    if problem:
+        return Verdict(0.0, f"the test's result is malformed ({problem}).")
+    if "error" in report.fields:
+        return Verdict(0.0, str(report.fields["error"]))
+    try:
+        score = check.judge(report.fields, context)
+    except Failed as err:
+        return Verdict(0.0, str(err))
+    except KeyError as err:
+        return Verdict(0.0, f"the test's result is malformed (field {err} is missing).")
+    return Verdict(1.0 if score is None else max(0.0, min(1.0, float(score))))
+
+
+def verdict_outputs(verdict, points):
+    if verdict.score >= 1.0:
+        return []
+    if verdict.score <= 0.0:
+        return [new_output("error", ename="TestFailed", evalue=verdict.message,
+                           traceback=[f"Test failed: {verdict.message}"])]
+    partial = round(verdict.score * points, 2)
+    return [new_output("stream", name="stdout", text=f"Partial credit: {verdict.message}\n"),
+            new_output("execute_result", data={"text/plain": str(partial)}, execution_count=None)]
+
+
+class DecideVerdicts(AssignmentStep):
+    """Autograde step between execution and SaveAutoGrades: every test cell's outcome, decided here."""
+    max_report_mib = Integer(16, help="Largest report one test cell may send, MiB; a larger one fails "
+                                      "that test").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        assignment, _ = self.assignment(resources)
+        if assignment is None:
+            return nb, resources
+        tests = {c.metadata.nbgrader["grade_id"]: c for c in nb.cells
+                 if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+        reports = {test: cell_reports(cell, test, self.max_report_mib * MIB) for test, cell in tests.items()
+                   if test in assignment.CHECKS}
+        context = assignment.context(reports, nb, self)
+        for test, report in reports.items():
+            verdict = judge(assignment.CHECKS[test], report, context)
+            tests[test].outputs = verdict_outputs(verdict, float(tests[test].metadata.nbgrader["points"]))
+        for cell in nb.cells:
+            cell.metadata.get("nncourse", {}).pop("stand_ins", None)
+        return nb, resources
+
+
+def install_reporter(module_name, notebook_globals):
+    """Define `_report` in a notebook run by the instructor (the source notebook's set-up cell);
+    grading replaces that cell by the same code, inlined (InsertProbes)."""
+    exec(compile(kernel_cell(module_name), "grading set-up", "exec"), notebook_globals)
+    return notebook_globals["_report"]
