@@ -1,9 +1,14 @@
 """Sample students: the release's blanks filled in by hand, as a student would, with no use of the source.
 
 Each student is the correct answers with a few edits, and names the test cells that its
-edits are designed to fail. Every other autograded cell must get full points.
+edits are designed to fail. Every other autograded cell must get full points. STYLES are fully
+correct notebooks written in the different ways students write code: each must earn 42/42.
 """
 from dataclasses import dataclass, field
+
+import nbformat
+
+from . import notebook
 
 # cell grade_id -> [(text of a blank in the release, what a student writes there)]
 CORRECT = {
@@ -94,6 +99,10 @@ class Student:
     edits: dict = field(default_factory=dict)
     # autograded cells this student must fail; every other autograded cell gets full points
     fails: frozenset = frozenset()
+    # cell grade_id -> lines this student puts at the top of that cell (magics, imports, help)
+    prefix: dict = field(default_factory=dict)
+    # [(grade_id, source)]: code cells this student adds after that cell
+    added: list = field(default_factory=list)
 
     def answers(self):
         """The blanks of the release and this student's text for each, by cell."""
@@ -105,6 +114,19 @@ class Student:
                 raise ValueError(f"student {self.name} edits unknown blanks in {cell}: {sorted(unknown)}")
             result[cell] = [(blank, edits.get(blank, answer)) for blank, answer in blanks]
         return result
+
+    def notebook(self, release):
+        """The release as this student submits it."""
+        nb = notebook.fill_blanks(release, self.answers())
+        cells = notebook.cells_by_id(nb)
+        for grade_id, text in self.prefix.items():
+            cells[grade_id].source = text + "\n" + cells[grade_id].source
+        for grade_id, source in reversed(self.added):
+            at = nb.cells.index(cells[grade_id]) + 1
+            cell = nbformat.v4.new_code_cell(source)
+            del cell["id"]  # this notebook's format (4.4) has no cell ids
+            nb.cells.insert(at, cell)
+        return nb
 
 
 TASK1 = "#indices = rng.randint(low=??????, high=train_imgs.shape[???????], size=?????????, dtype='int32')"
@@ -151,4 +173,113 @@ STUDENTS = [
             frozenset({"task5_cnn_forward_correct", "task5_cnn_accuracy"})),
 ]
 
-BY_NAME = {s.name: s for s in STUDENTS}
+STUDENTS += [
+    Student("sampler_without_replacement", "Task 1 draws a batch without replacement from the rng: a different "
+                                           "correct method, full marks",
+            {"task1_random_batch": {TASK1: "indices = rng.choice(train_imgs.shape[0], size=batch_size, replace=False)"}}),
+    Student("numpy_update_crashes", "NumPy update indexes past the gradients and crashes: Task 2's model is then "
+                                    "judged trained with correct helpers",
+            {"task2_update_numpy": {"params[i] = ????? - ????? * grads[i]":
+                                    "params[i] = params[i] - learning_rate * grads[i + 1]"}},
+            frozenset({"task2_update_numpy_correct"})),
+    Student("torch_mlp_syntax_error", "MLP_Torch does not parse: Task 3's model tests fail, Task 4 inherits a stand-in",
+            {"task3_mlp_torch": {"h1 = x.mm(?????)": "h1 = x.mm(w1"}},
+            frozenset({"task3_mlp_torch_sane", "task3_mlp_torch_init_correct", "task3_mlp_torch_forward_correct",
+                       "task3_mlp_torch_backward_correct", "task3_mlp_torch_accuracy"})),
+    Student("torch_ce_missing", "cross_entropy_torch does not parse: Task 3's model is judged trained with correct "
+                                "helpers, Tasks 4 and 5 use a stand-in",
+            {"task3_cross_entropy_torch": {"- torch.????( ???? * torch.????( ???? + eps ), dim=1)":
+                                           "- torch.sum( y_real * torch.log( y_pred + eps ), dim=1"}},
+            frozenset({"task3_cross_entropy_torch_sane", "task3_cross_entropy_torch_correct"})),
+    Student("autograd_update_missing", "grad_descent_update_autograd does not parse: Task 4's model is judged "
+                                       "trained with correct helpers, Task 5 uses a stand-in",
+            {"task4_update_autograd": {"?????????.data -= ??????????? * ?????????.data":
+                                       "params[i].data -= learning_rate * grads[i].data)"}},
+            frozenset({"task4_update_autograd_correct"})),
+]
+
+
+# Fully correct notebooks in the styles students write; each must earn every autograded point.
+HELPERS_CELL = '''import os
+from typing import List
+
+import numpy as np
+
+
+def add_bias_column(batch: np.ndarray) -> np.ndarray:
+    """The batch with a column of ones appended."""
+    return np.hstack([batch, np.ones((batch.shape[0], 1))])
+
+
+shapes: List[tuple] = []
+print("working in", os.getcwd() is not None)'''
+
+STYLES = [
+    Student("style_debug_prints", "prints types and shapes while debugging",
+            {"task5_cnn": {"F.max_pool2d(????, kernel_size": "F.max_pool2d(h1_relu, kernel_size"},
+             "task2_mlp_numpy": {"h1 = x.dot(?????)": "h1 = x.dot(w1); print(type(h1), h1.shape)"},
+             "task3_cross_entropy_torch": {"- torch.????( ???? * torch.????( ???? + eps ), dim=1)":
+                                           "- torch.sum( y_real * torch.log( y_pred + eps ), dim=1); print(type(y_pred))"}},
+            added=[("task5_cnn", "_net = CNN_Torch_Autograd(np.random.RandomState(0))\n"
+                                 "h1_pool = _net.forward_pass(train_imgs_cnn[:2])\nprint(type(h1_pool), h1_pool.shape)")]),
+    Student("style_magics", "%%time, %time, %matplotlib and a shell command",
+            prefix={"task2_cross_entropy_numpy": "%%time", "task3_update_torch": "%%time",
+                    "task1_random_batch": "%matplotlib inline"},
+            added=[("task1_random_batch", "%time _b = get_random_batch(train_imgs_flat, train_lbls_onehot, 40, "
+                                          "np.random.RandomState(1))\n!echo batch drawn")]),
+    Student("style_help", "help() and ? on the API, as the notebook suggests",
+            prefix={"task5_cnn": "help(F.conv2d)\nF.max_pool2d?", "task3_mlp_torch": "torch.cat?"},
+            added=[("task5_api", "F.conv2d?"), ("task4_mlp_autograd", "help(MLP_Torch)")]),
+    Student("style_from_numpy", "torch.from_numpy, np.asarray and requires_grad_ instead of torch.tensor",
+            {"task4_mlp_autograd": {
+                "w1 = torch.tensor(w1_init, dtype=torch.float, requires_grad=????)":
+                    "w1 = torch.from_numpy(np.asarray(w1_init)).float().requires_grad_(True)",
+                "w2 = torch.tensor(w2_init, dtype=torch.float, requires_grad=????)":
+                    "w2 = torch.from_numpy(w2_init).float().requires_grad_()"},
+             "task2_cross_entropy_numpy": {"- np.????( ???? * np.????( ????? + eps), axis=1)":
+                                           "- np.asarray(y_real * np.log(np.asarray(y_pred) + eps)).sum(axis=1)"}}),
+    Student("style_type_hints", "type-hinted helper functions and imports in cells of their own",
+            {"task2_mlp_numpy": {"h2 = ????.????(w2)": "h2 = add_bias_column(h1_relu).dot(w2)",
+                                 "????? = h2": "logits: np.ndarray = h2"},
+             "task2_update_numpy": {"params[i] = ????? - ????? * grads[i]":
+                                    "params[i] = step(params[i], grads[i], learning_rate)"}},
+            added=[("task1_random_batch", HELPERS_CELL),
+                   ("task2_cross_entropy_numpy", "def step(p: np.ndarray, g: np.ndarray, lr: float) -> np.ndarray:\n"
+                                                 "    return p - lr * g")]),
+    Student("style_dunder_methods", "operators written as their methods, and @",
+            {"task2_mlp_numpy": {"h2 = ????.????(w2)": "h2 = h1_ext.__matmul__(w2)"},
+             "task3_mlp_torch": {"h2 = ????.????(w2)": "h2 = h1_ext.__matmul__(w2)", "h1 = x.mm(?????)": "h1 = x @ w1"}}),
+    Student("style_vectorised", "a list comprehension and an in-place method for the updates",
+            {"task2_update_numpy": {"params[i] = ????? - ????? * grads[i]":
+                                    "params[:] = [p - learning_rate * g for p, g in zip(params, grads)]; break"},
+             "task3_update_torch": {"params[i].data = ??????.data - ??????? * grads[i].data":
+                                    "params[i].data.sub_(learning_rate * grads[i].data)"}}),
+    Student("style_alternative_ops", "einsum, clip, relu and method calls that compute the same",
+            {"task2_mlp_numpy": {"h1 = x.dot(?????)": "h1 = np.einsum('nd,dh->nh', x, w1)",
+                                 "h1_relu = np.maximum(????, ????)": "h1_relu = np.clip(h1, 0, None)"},
+             "task3_mlp_torch": {"h1_relu = ????.clamp(min=????)": "h1_relu = torch.relu(h1)"},
+             "task5_cnn": {"h1_relu = ??????.clamp(min=0)": "h1_relu = F.relu(h1_bias)"},
+             "task3_cross_entropy_torch": {"- torch.????( ???? * torch.????( ???? + eps ), dim=1)":
+                                           "-(y_real * (y_pred + eps).log()).sum(dim=1)"}}),
+    Student("style_reflection", "getattr, vars, globals and inspect in the student's own cells",
+            {"task4_mlp_autograd": {"[param.????? for param": "[getattr(param, 'grad') for param"}},
+            added=[("task4_update_autograd", "import inspect\nprint(inspect.signature(grad_descent_update_autograd))\n"
+                                             "print(sorted(k for k in globals() if k.startswith('grad_descent')))\n"
+                                             "print(sorted(vars(MLP_Torch)))")]),
+    Student("style_extra_experiments", "extra cells that explore the data and the models",
+            added=[("preprocess_flatten", "print(train_imgs_flat.mean(), train_imgs_flat.std())\n"
+                                          "counts = np.bincount(train_lbls)\nprint(counts)"),
+                   ("task2_mlp_numpy", "_probe_net = MLP_Numpy(np.random.RandomState(7))\n"
+                                       "print(_probe_net.forward_pass(train_imgs_flat[:3]).sum(axis=1))"),
+                   ("task5_inputs", "plot_image(train_imgs[1])\nimport matplotlib.pyplot as plt\nplt.close('all')")]),
+    Student("style_masked_multiply", "the ReLU gradient as a product with a mask, and a no_grad update",
+            {"task2_mlp_numpy": {"grad_h1[ ????? < 0] = 0": "grad_h1 *= (h1 >= 0)"},
+             "task3_mlp_torch": {"grad_h1[????? < 0] = 0": "grad_h1 = grad_h1 * (h1 >= 0).float()"},
+             "task4_update_autograd": {"?????????.data -= ??????????? * ?????????.data":
+                                       "with torch.no_grad(): params[i] -= learning_rate * grads[i]"}}),
+    Student("style_own_sampler_code", "Task 1 written out with its own variable",
+            {"task1_random_batch": {TASK1: "n_samples = train_imgs.shape[0]  # all training samples\n"
+                                           "    indices = rng.randint(low=0, high=n_samples, size=batch_size, dtype='int32')"}}),
+]
+
+BY_NAME = {s.name: s for s in STUDENTS + STYLES}
