@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nncourse import data, grading, notebook
-from nncourse.samples import STUDENTS
+from nncourse.samples import STUDENTS, STYLES
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "source" / grading.ASSIGNMENT / f"{grading.NOTEBOOK}.ipynb"
@@ -36,11 +36,11 @@ def make_course(tmp_path_factory, name, extra_config=""):
 
 
 def submit_fixtures(course):
-    """The source, the blank release and every sample student, as submissions."""
+    """The source, the blank release, every sample student and every style, as submissions."""
     notebook.write(notebook.read(SOURCE), grading.submission_path(course, "solution"))
     notebook.write(notebook.read(grading.release_path(course)), grading.submission_path(course, "blank"))
-    grading.write_samples(course, STUDENTS)
-    return ["solution", "blank", *(s.name for s in STUDENTS)]
+    grading.write_samples(course, STUDENTS + STYLES)
+    return ["solution", "blank", *(s.name for s in STUDENTS + STYLES)]
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,20 @@ from nncourse.samples import BY_NAME
 from conftest import REPO, make_course, tcp_listener
 
 TIMEOUT = 60  # per cell: long enough for the correct answers' training on a loaded 2-core machine
-SECRET_LINE = "ACCURACY_TOLERANCE = 0.3"  # a line of the hidden tests (source only)
+SECRET_LINE = "ACCURACY_TOLERANCE = 0.3"  # a line of the reference (grader's process only)
+MIME = "application/vnd.nncourse.report+json"
+# A cell that forges the report of every test: `forge(fields_of_test)` replaces `_report`.
+FORGE = f"""import base64, io
+import numpy as np
+from IPython.display import display
+def emit(test, fields):
+    buffer = io.BytesIO()
+    np.savez(buffer, **fields)
+    display({{{MIME!r}: {{'test': test, 'npz': base64.b64encode(buffer.getvalue()).decode()}}}}, raw=True)
+def forge(fields_of):
+    global _report
+    _report = lambda test: emit(test, fields_of(test))
+"""
 RUBRIC_LINE = "BEGIN MARK SCHEME"
 
 
@@ -109,17 +122,36 @@ def build_submissions(course, port, outside):
                                 f"np.save({str(source)!r}, np.zeros(3))"),
         "monkeypatch_fake": added(
             blank_task1,
-            "import numpy as np\nnp.testing.assert_allclose = lambda *a, **k: None",
+            "import numpy as np\nnp.testing.assert_allclose = lambda *a, **k: None\nnp.allclose = lambda *a, **k: True",
             "import torch\ntorch.allclose = lambda *a, **k: True",
             "get_ipython().showtraceback = lambda *a, **k: None",
-            "import sys\nsys.stderr = None",
             "print = lambda *a, **k: None",
-            "_grader.check = lambda *a, **k: None",
             "def get_random_batch(imgs, lbls, n, rng):\n    return [imgs[:n], lbls[:n]]\n"
             "globals()['get_random_batch'] = get_random_batch",
-            "_build_grader??",
-            "test_lbls_onehot[:] = 0  # runs, but the data is read-only",
+            "test_lbls_onehot[:] = np.eye(10)[np.argmax(test_lbls_onehot, axis=1)]  # the kernel's copy only",
+            "import nncourse",
             after="task1_random_batch"),
+        "forged_values": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), 0.1), 'imgs': np.zeros((2, 40, 1)),"
+                                                 " 'lbls': np.ones((2, 40, 1)), 'loss0': np.array(2.3)})"),
+        "forged_huge": added(release, FORGE + "forge(lambda test: {'y': np.random.rand(40 * 1024 ** 2 // 8)})"),
+        "forged_pickle": added(release, FORGE + "class Boom:\n    def __reduce__(self):\n"
+                                                f"        return (open, ({str(outside) + '.unpickled'!r}, 'w'))\n"
+                                                "forge(lambda test: {'y': np.array([Boom()], dtype=object)})"),
+        "forged_nan": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), np.nan), 'grad_w1': "
+                                             "np.full((785, 7), np.nan), 'grad_w2': np.full((8, 10), np.nan)})"),
+        "duplicated_reports": added(correct, "_real = _report\n"
+                                             "def _report(test):\n    _real(test)\n    _real(test)"),
+        "input_transformer": added(release, "def skip_tests(lines):\n"
+                                            "    return ['pass\\n'] if any('_report' in l for l in lines) else lines\n"
+                                            "get_ipython().input_transformers_cleanup.append(skip_tests)"),
+        "post_run_hook": added(release, FORGE + "def forge_after(result):\n"
+                                                "    emit('task2_mlp_numpy_forward_correct', {'y': np.full((6, 10), 0.1)})\n"
+                                                "get_ipython().events.register('post_run_cell', forge_after)"),
+        "redefined_report": added(release, "def _report(test):\n    print('all tests passed')"),
+        "prints_the_grader": added(correct, "print(In)",
+                                   "print(_report.__closure__ and [c.cell_contents for c in _report.__closure__])",
+                                   "import inspect\nprint(inspect.getsource(_report))",
+                                   "import glob\nprint(glob.glob('/**/reference.py', recursive=True))"),
         "corrupt_notebook": b'{"cells": [\xff\xfe not json, \xc3\x28',
         "empty_folder": None,
     }
@@ -182,43 +214,78 @@ def test_restructured_notebooks_are_restored_and_lose_nothing(hostile, student):
     assert hostile["results"][student]["reason"] == ""
 
 
-@pytest.mark.parametrize("student", ["syntax_errors", "edited_tests", "endless_loop", "ignores_interrupt",
-                                     "fork_bomb", "huge_memory", "os_exit", "segfault", "huge_output",
-                                     "reads_secrets", "loopback", "writes_outside", "corrupt_notebook",
-                                     "empty_folder"])
+BLANK_ATTACKS = ["syntax_errors", "edited_tests", "endless_loop", "ignores_interrupt", "fork_bomb", "huge_memory",
+                 "os_exit", "segfault", "huge_output", "reads_secrets", "loopback", "writes_outside", "corrupt_notebook",
+                 "empty_folder", "forged_values", "forged_huge", "forged_pickle", "forged_nan", "input_transformer",
+                 "post_run_hook", "redefined_report"]
+
+
+@pytest.mark.parametrize("student", BLANK_ATTACKS)
 def test_attacks_on_a_blank_notebook_earn_nothing(hostile, student):
     assert sum(earned(hostile["scores"], student).values()) == 0
 
 
-def test_faking_passing_tests_gains_nothing_and_costs_nothing_else(hostile):
+def test_patching_libraries_and_printing_gain_nothing_and_cost_nothing_else(hostile):
+    """The patches run (the notebook's own asserts go quiet), but verdicts are not taken in the kernel."""
     scores = earned(hostile["scores"], "monkeypatch_fake")
     correct = earned(hostile["scores"], "correct")
     assert {g for g, s in scores.items() if s != correct[g]} == {"task1_random_batch_changes",
                                                                  "task1_random_batch_correct"}
     assert scores["task1_random_batch_correct"] == 0
-    reason = hostile["results"]["monkeypatch_fake"]["reason"]
-    assert reason == "cells not run because their code could change grading: 8 added cells"
-    graded = notebook.read(hostile["course"] / "autograded" / "monkeypatch_fake" / "tutorial3" / "tutorial3.ipynb")
-    errors = [o.get("evalue", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs]
-    assert "assignment destination is read-only" in errors
+    assert hostile["results"]["monkeypatch_fake"]["reason"] == ""
+    errors = outputs_of(hostile["course"], "monkeypatch_fake")
+    assert "No module named 'nncourse'" in errors  # the grader's package is not in the sandbox
+
+
+def test_forged_reports_fail_with_the_reason(hostile):
+    course = hostile["course"]
+    assert "forward_pass output (class probabilities) is wrong" in outputs_of(course, "forged_values")
+    assert "larger than 16 MiB" in outputs_of(course, "forged_huge")
+    assert "cannot be read as plain arrays" in outputs_of(course, "forged_pickle")
+    assert not Path(str(hostile["outside"]) + ".unpickled").exists(), "the grader unpickled a student's report"
+    assert "contains NaN or infinite values" in outputs_of(course, "forged_nan")
+    assert "reported more than one result" in outputs_of(course, "post_run_hook")
+    assert "no result was reported" in outputs_of(course, "input_transformer")
+    text = outputs_of(course, "redefined_report")
+    assert "no result was reported" in text and "all tests passed" not in text  # test outputs are the grader's
+
+
+def test_duplicated_reports_of_correct_code_are_not_trusted(hostile):
+    assert sum(earned(hostile["scores"], "duplicated_reports").values()) == 0
+    assert "reported more than one result" in outputs_of(hostile["course"], "duplicated_reports")
+
+
+def test_printing_the_grader_shows_no_reference_and_costs_nothing(hostile):
+    course = hostile["course"]
+    assert earned(hostile["scores"], "prints_the_grader") == earned(hostile["scores"], "correct")
+    printed = outputs_of(course, "prints_the_grader")
+    assert "_make_reporter" in printed and "[]" in printed  # it printed the probes; no reference.py is there
+    feedback = (course / "feedback" / "prints_the_grader" / "tutorial3" / "tutorial3.html").read_text()
+    assert "_make_reporter" not in feedback and "output removed: it showed the grader" in feedback
 
 
 @pytest.mark.parametrize("student, reason", [
     ("endless_loop", f"a cell ran longer than the {TIMEOUT} s limit"),
     ("ignores_interrupt", "still running 10 s after being interrupted"),
-    ("os_exit", "could change grading: 1 added cell"),
+    ("os_exit", "execution stopped"),
     ("segfault", "execution stopped"),
-    ("fork_bomb", "could change grading"),
     ("corrupt_notebook", "cannot be read"),
     ("empty_folder", "no notebook submitted"),
     ("syntax_errors", ""),
     ("huge_memory", ""),
+    ("forged_huge", ""),
 ])
 def test_reason_recorded_for_the_student(hostile, student, reason):
     recorded = hostile["results"][student]["reason"]
     assert reason in recorded if reason else recorded == ""
     log = (hostile["course"] / "logs" / "tutorial3" / f"{student}.log").read_text()
     assert f"reason: {recorded or 'none'}" in log
+
+
+def outputs_of(course, student):
+    """Every output of the student's autograded notebook, as text."""
+    path = course / "autograded" / student / "tutorial3" / "tutorial3.ipynb"
+    return "\n".join(json.dumps(c.get("outputs", [])) for c in notebook.read(path).cells if c.cell_type == "code")
 
 
 def student_visible(course, student):
@@ -237,11 +304,15 @@ def test_nothing_leaks_and_nothing_outside_scratch_changes(hostile):
     for student in hostile["students"]:
         text = student_visible(course, student)
         assert "SQLite format 3" not in text and SECRET_LINE not in text and RUBRIC_LINE not in text, student
-    secrets = notebook.read(course / "autograded" / "reads_secrets" / "tutorial3" / "tutorial3.ipynb")
-    enames = [o.get("ename") for c in secrets.cells if c.cell_type == "code" and not notebook.meta(c) for o in c.outputs]
-    assert enames == ["RefusedCell", "FileNotFoundError", "FileNotFoundError"]
-    assert "Read-only file system" in student_visible(course, "writes_outside") or \
-        "No such file or directory" in student_visible(course, "writes_outside")
+    def added_cell_errors(student):  # the attacks ran, and the sandbox stopped each of them
+        nb = notebook.read(course / "autograded" / student / "tutorial3" / "tutorial3.ipynb")
+        return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
+                and not notebook.meta(c) for o in c.outputs if o.output_type == "error"]
+    assert [e.split(":")[0] for e in added_cell_errors("reads_secrets")] == ["FileNotFoundError"] * 3
+    loopback = added_cell_errors("loopback")
+    assert len(loopback) == 2 and all("Network is unreachable" in e for e in loopback), loopback
+    writes = added_cell_errors("writes_outside")
+    assert len(writes) == 2 and all("Read-only file system" in e or "No such file or directory" in e for e in writes)
 
 
 def test_output_and_memory_are_capped(hostile):
@@ -252,7 +323,8 @@ def test_output_and_memory_are_capped(hostile):
     assert "MemoryError" in student_visible(course, "huge_memory")
 
 
-PLAIN = ["edited_tests", "segfault", "reads_secrets", "loopback", "writes_outside", "huge_output", "fork_bomb"]
+PLAIN = ["edited_tests", "segfault", "reads_secrets", "loopback", "writes_outside", "huge_output", "fork_bomb",
+         "forged_values", "input_transformer", "redefined_report"]
 
 
 def test_plain_nbgrader_autograde_gives_the_same_outcome(hostile):

@@ -1,0 +1,251 @@
+"""The reference and the checks, without a kernel: the probes run here on Python namespaces that
+stand for a student's notebook, and their reports go through the same encoding, size cap and
+schema as in grading."""
+import base64
+import io
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from nncourse import verdicts
+from nncourse.assignments.tutorial3 import checks, probes
+from nncourse.assignments.tutorial3 import reference as ref
+
+from conftest import DATA_DIR
+
+CHECKS = "nncourse.assignments.tutorial3.checks"
+CORRECT = {"get_random_batch": ref.random_batch, "MLP_Numpy": ref.MLP_Numpy, "MLP_Torch": ref.MLP_Torch,
+           "MLP_Torch_Autograd": ref.MLP_Torch_Autograd, "CNN_Torch_Autograd": ref.CNN_Torch_Autograd,
+           "cross_entropy_numpy": ref.cross_entropy_numpy, "cross_entropy_torch": ref.cross_entropy_torch,
+           "grad_descent_update_numpy": ref.update_numpy, "grad_descent_update_torch": ref.update_torch,
+           "grad_descent_update_autograd": ref.update_autograd}
+
+
+class NoRetrain(checks.Context):
+    """A context whose sandboxed retraining is not expected in these tests."""
+
+    def retrain(self, *args, **kwargs):
+        raise AssertionError(f"unexpected sandboxed retraining {args}")
+
+
+@pytest.fixture(scope="module")
+def context(monkeypatch_module):
+    monkeypatch_module.setenv("MNIST_DIR", str(DATA_DIR))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(metadata={"nbgrader": {"grade_id": f"task{i}_train"}})
+                                         for i in range(2, 6)])
+    return NoRetrain({}, nb, None)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def verdict(test, ns, context):
+    """The verdict on what the kernel would report for `test` with the notebook namespace `ns`."""
+    fields = probes.probe(test, ns, checks.inputs())
+    data = {"test": test, "npz": verdicts.encode_arrays(fields)}
+    cell = nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "display_data", data={verdicts.REPORT_MIME: data})])
+    report = verdicts.cell_reports(cell, test, 16 * verdicts.MIB)
+    return verdicts.judge(checks.CHECKS[test], report, context)
+
+
+def student(**changes):
+    return dict(CORRECT, **changes)
+
+
+@pytest.fixture(scope="module")
+def training_set():
+    return checks.mnist(str(DATA_DIR), True)
+
+
+@pytest.mark.parametrize("model, kind", [(m, k) for m in ref.STATED for k in ("random", "constant")
+                                         if k == "random" or m in ("MLP_Numpy", "CNN_Torch_Autograd")])
+def test_reference_reproduces_the_stated_figures(context, training_set, model, kind):
+    """Exactly, with one thread (float32 sums in another order can move MLP_Torch by one image)."""
+    sampler = ref.random_batch if kind == "random" else ref.constant_batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = ref.train(model, *training_set, sampler=sampler)
+    finally:
+        torch.set_num_threads(threads)
+    got = context.test_accuracy(model, [ref.as_numpy(p) for p in net.params])
+    assert round(got, 2) == ref.STATED[model][kind]
+
+
+@pytest.mark.parametrize("test", sorted(set(checks.CHECKS) - set(checks.ACCURACY_TESTS)))
+def test_every_check_passes_the_reference(context, test):
+    assert verdict(test, CORRECT, context) == verdicts.Verdict(1.0)
+
+
+@pytest.mark.parametrize("test, model", sorted(checks.ACCURACY_TESTS.items()))
+def test_trained_reference_earns_the_accuracy_points_without_retraining(context, training_set, test, model):
+    ns = student(net=ref.train(model, *training_set))
+    assert verdict(test, ns, context) == verdicts.Verdict(1.0)
+
+
+# ------------------------------------------------------------------ the sample students' bugs
+def relu_mask_missing():
+    class MLP_Numpy(ref.MLP_Numpy):
+        def backward_pass(self, loss, y_real):
+            x, h1, h1_relu, h1_ext, h2, y_pred = self._MLP_Numpy__activations
+            w1, w2 = self.params
+            grad_logits = (y_pred - y_real) / y_pred.shape[0]
+            grad_h1 = grad_logits.dot(w2.transpose())[:, :-1].copy()
+            grad_h1[h1_relu < 0] = 0
+            return [x.transpose().dot(grad_h1), h1_ext.transpose().dot(grad_logits)]
+    return MLP_Numpy
+
+
+def cnn_forgets_bias():
+    class CNN_Torch_Autograd(ref.CNN_Torch_Autograd):
+        def forward_pass(self, batch_imgs):
+            w1, b1, w2, b2 = self.params
+            h1 = torch.nn.functional.conv2d(torch.tensor(batch_imgs, dtype=torch.float), w1)
+            pooled = torch.nn.functional.max_pool2d(h1.clamp(min=0), 2, 2, ceil_mode=True)
+            logits = pooled.reshape([pooled.shape[0], -1]).mm(w2) + b2
+            return torch.softmax(logits, dim=1)
+    return CNN_Torch_Autograd
+
+
+def no_requires_grad():
+    class MLP_Torch_Autograd(ref.MLP_Torch_Autograd):
+        requires_grad = False
+    return MLP_Torch_Autograd
+
+
+def no_zeroing(params, grads, learning_rate):
+    for i in range(len(params)):
+        params[i].data -= learning_rate * grads[i].data
+
+
+BUGS = [
+    ("task1_random_batch_correct", dict(get_random_batch=ref.constant_batch), "still the first samples"),
+    ("task1_random_batch_changes", dict(get_random_batch=ref.constant_batch), "two calls returned the same batch"),
+    ("task1_random_batch_correct", dict(get_random_batch=lambda imgs, lbls, n, rng: ref.random_batch(
+        imgs, lbls, n, np.random.RandomState(0))), "not drawn from the rng passed"),
+    ("task1_random_batch_correct", dict(get_random_batch=lambda imgs, lbls, n, rng: [
+        imgs[rng.randint(0, len(imgs), n)], lbls[rng.randint(0, len(imgs), n)]]), "labels returned do not belong"),
+    ("task2_mlp_numpy_backward_correct", dict(MLP_Numpy=relu_mask_missing()), "grad_w1 is wrong"),
+    ("task2_cross_entropy_numpy_correct", dict(cross_entropy_numpy=lambda y, r, eps=1e-7: np.mean(
+        -np.mean(r * np.log(y + eps), axis=1))), "the loss is wrong"),
+    ("task2_update_numpy_correct", dict(grad_descent_update_numpy=lambda p, g, learning_rate: [
+        p.__setitem__(i, p[i] + learning_rate * g[i]) for i in range(len(p))]), "params[0] after one update"),
+    ("task3_cross_entropy_torch_correct", dict(cross_entropy_torch=lambda y, r, eps=1e-7: torch.mean(
+        -torch.mean(torch.as_tensor(r, dtype=torch.float) * torch.log(torch.as_tensor(y, dtype=torch.float) + eps),
+                    dim=1))), "the loss is wrong"),
+    ("task4_update_autograd_correct", dict(grad_descent_update_autograd=no_zeroing), "gradient of params[0] is not zero"),
+    ("task4_mlp_autograd_init_correct", dict(MLP_Torch_Autograd=no_requires_grad()), "requires_grad is False"),
+    ("task4_mlp_autograd_sane", dict(MLP_Torch_Autograd=no_requires_grad()), "requires_grad=True"),
+    ("task5_cnn_forward_correct", dict(CNN_Torch_Autograd=cnn_forgets_bias()), "forward_pass output"),
+    ("task3_update_torch_correct", dict(grad_descent_update_torch=lambda p, g, learning_rate: [
+        p.__setitem__(i, p[i] - learning_rate * g[i]) for i in range(len(p))]), "replaced params[0] with a new tensor"),
+    ("task2_mlp_numpy_forward_correct", dict(MLP_Numpy=None), "MLP_Numpy is not defined"),
+]
+
+
+@pytest.mark.parametrize("test, changes, message", BUGS, ids=[f"{t}-{m[:20]}" for t, _, m in BUGS])
+def test_each_bug_fails_its_check_with_a_message_that_names_it(context, test, changes, message):
+    got = verdict(test, student(**changes), context)
+    assert got.score == 0 and message in got.message, got
+
+
+def test_messages_do_not_give_the_expected_values(context):
+    got = verdict("task2_mlp_numpy_backward_correct", student(MLP_Numpy=relu_mask_missing()), context)
+    want = checks.backward_truth()[0]
+    assert "expected" not in got.message
+    assert not any(f"{v:.4g}" in got.message for v in want.ravel()[np.abs(want.ravel()) > 1e-3][:200])
+
+
+def test_a_sampler_without_replacement_passes_task1(context):
+    def without_replacement(imgs, lbls, batch_size, rng):
+        indices = rng.choice(imgs.shape[0], size=batch_size, replace=False)
+        return [imgs[indices], lbls[indices]]
+    for test in ("task1_random_batch_correct", "task1_random_batch_changes"):
+        assert verdict(test, student(get_random_batch=without_replacement), context).score == 1
+
+
+def test_a_different_sampler_is_judged_against_the_reference_trained_with_its_batches(context, training_set):
+    def without_replacement(imgs, lbls, batch_size, rng):
+        indices = rng.choice(imgs.shape[0], size=batch_size, replace=False)
+        return [imgs[indices], lbls[indices]]
+    ns = student(get_random_batch=without_replacement,
+                 net=ref.train("MLP_Torch", *training_set, sampler=without_replacement))
+    assert verdict("task3_mlp_torch_accuracy", ns, context).score == 1
+    ns["net"] = ref.train("MLP_Torch", *training_set)  # trained with other batches than its sampler draws
+    got = verdict("task3_mlp_torch_accuracy", ns, context)
+    assert got.score == 0 or abs(context.reference_accuracy("MLP_Torch", ref.batch_indices(
+        without_replacement, "MLP_Torch")) - ref.STATED["MLP_Torch"]["random"]) <= ref.ACCURACY_TOLERANCE
+
+
+def test_a_model_from_another_task_does_not_count(context, training_set):
+    ns = student(net=ref.train("MLP_Torch", *training_set))
+    got = verdict("task4_mlp_autograd_accuracy", ns, context)
+    assert got.score == 0 and "did not produce a trained MLP_Torch_Autograd" in got.message
+
+
+# ------------------------------------------------------------------ reports that cannot be trusted
+def report_output(test, npz_b64):
+    return nbformat.v4.new_output("display_data", data={verdicts.REPORT_MIME: {"test": test, "npz": npz_b64}})
+
+
+def npz(**arrays):
+    return verdicts.encode_arrays(arrays)
+
+
+def pickled_npz(marker):
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    buffer = io.BytesIO()
+    np.savez(buffer, y=np.array([Boom()], dtype=object))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+FORWARD = "task2_mlp_numpy_forward_correct"
+
+
+@pytest.mark.parametrize("outputs, message", [
+    ([], "no result was reported"),
+    ([report_output(FORWARD, npz(y=np.zeros((6, 10))))] * 2, "more than one result"),
+    ([report_output(FORWARD, npz(y=np.zeros((6, 10))))], "forward_pass output (class probabilities) is wrong"),
+    ([report_output(FORWARD, npz(y=np.full((6, 10), np.nan)))], "NaN"),
+    ([report_output(FORWARD, npz(y=np.zeros((6, 10), dtype=np.complex64)))], "malformed"),
+    ([report_output(FORWARD, npz(y=np.zeros(5), extra=np.zeros(1)))], "malformed"),
+    ([report_output(FORWARD, "not base64 at all!")], "unusable"),
+    ([report_output(FORWARD, npz(y=np.zeros((1200, 1000))))], "larger than 8 MiB"),
+    ([report_output("task2_mlp_numpy_sane", npz(y=np.full((5, 10), 0.1)))], "no result was reported"),
+    ([report_output(FORWARD, npz(other=np.zeros(3)))], "malformed"),
+], ids=["missing", "duplicated", "right-shape-wrong-values", "nan", "wrong-dtype", "extra-field", "garbage",
+        "oversized", "other-test", "missing-field"])
+def test_untrustworthy_reports_fail_that_test_with_a_clear_message(context, outputs, message):
+    cell = nbformat.v4.new_code_cell(outputs=outputs)
+    got = verdicts.judge(checks.CHECKS[FORWARD], verdicts.cell_reports(cell, FORWARD, 8 * verdicts.MIB), context)
+    assert got.score == 0 and message in got.message, got
+
+
+def test_a_pickled_report_is_never_unpickled(context, tmp_path):
+    marker = tmp_path / "unpickled"
+    cell = nbformat.v4.new_code_cell(outputs=[report_output(FORWARD, pickled_npz(marker))])
+    got = verdicts.judge(checks.CHECKS[FORWARD], verdicts.cell_reports(cell, FORWARD, 8 * verdicts.MIB), context)
+    assert got.score == 0 and "unusable" in got.message
+    assert not marker.exists()
+    np.load(io.BytesIO(base64.b64decode(pickled_npz(marker))), allow_pickle=True)["y"]
+    assert marker.exists(), "the payload is live: unpickling it runs it"
+
+
+# ------------------------------------------------------------------ what reaches the kernel
+def test_the_kernel_gets_no_reference_and_no_expected_values():
+    cell = verdicts.kernel_cell(CHECKS)
+    reference_lines = {line.strip() for line in open(ref.__file__).read().splitlines() if len(line.strip()) > 25}
+    probe_lines = set(open(checks.PROBES_FILE).read().splitlines())
+    leaked = [line for line in reference_lines - {l.strip() for l in probe_lines} if line in cell]
+    assert not leaked, leaked[:3]
+    assert "ACCURACY_TOLERANCE" not in cell and "STATED" not in cell
+    for figures in ref.STATED.values():
+        assert not any(str(v) in cell for v in figures.values())
