@@ -18,9 +18,17 @@ def cmd_data(args):
     data.provision(args.data_dir or Path(args.course) / "data" / "mnist")
 
 
+def checked_tests(course):
+    """grade_ids that the assignment's checks decide (from nbgrader_config.py), or None."""
+    from .batch import load_config
+    from .verdicts import load_assignment
+    module = load_config(course).AssignmentStep.get("assignments", {}).get(grading.ASSIGNMENT)
+    return set(load_assignment(module).CHECKS) if module else None
+
+
 def cmd_lint(args):
     path = args.notebook or source_path(args.course)
-    problems = notebook.lint(notebook.read(path))
+    problems = notebook.lint(notebook.read(path), checked_tests(args.course))
     for p in problems:
         print(p)
     print(f"{path}: {len(problems)} problem(s)")
@@ -65,7 +73,7 @@ def cmd_demo(args):
     """Everything an instructor does, on sample students: the main job of the set-up."""
     course = args.course
     data.provision(Path(course) / "data" / "mnist")
-    problems = notebook.lint(notebook.read(source_path(course)))
+    problems = notebook.lint(notebook.read(source_path(course)), checked_tests(course))
     if problems:
         sys.exit("the source notebook has metadata problems:\n" + "\n".join(problems))
     print(f"release written: {grading.generate_release(course)}")

@@ -45,7 +45,7 @@ def write_samples(course, students=STUDENTS):
     """Sample submissions: the release with its blanks filled in by each sample student."""
     release = notebook.read(release_path(course))
     for student in students:
-        notebook.write(notebook.fill_blanks(release, student.answers()), submission_path(course, student.name))
+        notebook.write(student.notebook(release), submission_path(course, student.name))
     return [s.name for s in students]
 
 

@@ -85,8 +85,18 @@ def region_problems(cell, where):
     return problems
 
 
-def lint(nb):
-    """Problems with the nbgrader metadata of a source notebook (empty list: none)."""
+def report_call_problems(cell, where, gid):
+    """A test cell decided outside the kernel must report from a hidden region, under its own id."""
+    hidden = re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", cell.source, re.S)
+    if not any(f'_report("{gid}")' in region for region in hidden):
+        return [f'{where}: test cell should call _report("{gid}") in a hidden-test region']
+    return []
+
+
+def lint(nb, checked_tests=None):
+    """Problems with the nbgrader metadata of a source notebook (empty list: none). With
+    `checked_tests` (the grade_ids that have a check), every test cell must have one and
+    report to it, and every check must have its test cell."""
     problems, seen = [], set()
     for index, cell in enumerate(nb.cells):
         m, kind = meta(cell), role(cell)
@@ -112,6 +122,10 @@ def lint(nb):
             first = cell.source.split("\n", 1)[0]
             if not re.match(r'^""".+"""$', first):
                 problems.append(f"{where}: test cell should open with a one-line docstring saying what it checks")
+            if checked_tests is not None:
+                if gid not in checked_tests:
+                    problems.append(f"{where}: test cell has no check in the assignment's checks")
+                problems += report_call_problems(cell, where, gid)
         if kind in ("solution", "answer") and m.get("locked"):
             problems.append(f"{where}: solution cell is locked (students could not answer)")
         if kind == "solution" and cell.cell_type == "code":
@@ -126,4 +140,6 @@ def lint(nb):
             problems.append(f"{where}: hidden tests outside a test or read-only cell")
         if "BEGIN MARK SCHEME" in cell.source and kind not in ("task", "readonly"):
             problems.append(f"{where}: rubric outside a read-only cell")
+    tests = {meta(c).get("grade_id") for c in nb.cells if role(c) == "test"}
+    problems += [f"check {t!r} has no test cell in the notebook" for t in sorted(set(checked_tests or ()) - tests)]
     return problems

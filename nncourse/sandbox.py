@@ -225,13 +225,13 @@ class SandboxedExecute(Execute):
         return cell, resources
 
     def provide_missing(self, stand_ins):
-        """Put each stand-in ({name: {source, object}}) in the kernel if the notebook has no
-        callable of that name, so that later tasks can run. The kernel only answers which names
-        are missing; a wrong answer only costs that student the later tasks."""
+        """Put each stand-in ({name: {source, object}}) in the kernel if the notebook has nothing
+        of that name, so that later tasks can run. The kernel only answers which names are
+        missing; a wrong answer only costs that student the later tasks."""
         names = sorted(stand_ins)
         reply = self.wait_for_reply(self.kc.execute(
             "", silent=True, store_history=False,
-            user_expressions={"missing": f"[n for n in {names!r} if not callable(globals().get(n))]"}))
+            user_expressions={"missing": f"[n for n in {names!r} if globals().get(n) is None]"}))
         try:
             answer = reply["content"]["user_expressions"]["missing"]["data"]["text/plain"]
             missing = [n for n in ast.literal_eval(answer) if n in stand_ins]

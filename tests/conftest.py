@@ -89,3 +89,13 @@ def tcp_listener():
 def listener():
     with tcp_listener() as port_and_accepted:
         yield port_and_accepted
+
+
+SLOW_FIXTURES = {"graded", "batch_local", "hostile", "dask_cluster"}  # each grades whole notebooks
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need a graded course are slow: `pytest -m "not slow"` leaves them out."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

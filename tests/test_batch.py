@@ -9,7 +9,7 @@ import time
 import pytest
 
 from nncourse import batch, grading, notebook
-from nncourse.samples import BY_NAME
+from nncourse.samples import BY_NAME, STYLES
 
 from conftest import DATA_DIR, REPO, make_course, submit_fixtures
 
@@ -59,6 +59,13 @@ def test_batch_gradebook_equals_sequential_nbgrader(batch_local, graded):
     assert common <= set(scores)
     for student in sorted(common):
         assert scores[student] == graded[student], student
+
+
+@pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)
+def test_correct_code_in_any_style_earns_every_point_in_the_batch(batch_local, source_nb, style):
+    tests = notebook.autograded_ids(source_nb)
+    got = {g: s for g, (s, m, _) in batch_local[2][style.name].items() if g in tests}
+    assert sum(got.values()) == 42 and len(got) == 27, {g: s for g, s in got.items() if s != tests[g]}
 
 
 def test_batch_submission_records_equal_sequential_nbgrader(batch_local, course, graded):

@@ -4,10 +4,11 @@ import copy
 import pytest
 
 from nncourse import notebook
+from nncourse.assignments.tutorial3.checks import CHECKS
 
 
 def test_source_notebook_passes_the_lint(source_nb):
-    assert notebook.lint(source_nb) == []
+    assert notebook.lint(source_nb, set(CHECKS)) == []
 
 
 def cell(nb, grade_id):
@@ -63,6 +64,20 @@ def bad_grade_id(nb):
     notebook.meta(cell(nb, "task1_random_batch_correct"))["grade_id"] = "task1 random batch"
 
 
+def cell_without_a_check(nb):
+    notebook.meta(cell(nb, "task5_cnn_accuracy"))["grade_id"] = "task5_cnn_accuracy_again"
+
+
+def reports_under_another_id(nb):
+    c = cell(nb, "task2_mlp_numpy_sane")
+    c.source = c.source.replace('_report("task2_mlp_numpy_sane")', '_report("task2_mlp_numpy_init_correct")')
+
+
+def report_call_visible(nb):
+    c = cell(nb, "task3_update_torch_correct")
+    c.source = c.source.replace("### BEGIN HIDDEN TESTS\n", "").replace("### END HIDDEN TESTS", "")
+
+
 MISTAKES = {
     duplicate_id: "duplicate grade_id",
     unlocked_test: "test cell is not locked",
@@ -75,6 +90,9 @@ MISTAKES = {
     locked_solution: "solution cell is locked",
     answer_without_points: "without positive points",
     bad_grade_id: "characters outside",
+    cell_without_a_check: "has no check",
+    reports_under_another_id: 'should call _report("task2_mlp_numpy_sane")',
+    report_call_visible: "in a hidden-test region",
 }
 
 
@@ -82,5 +100,10 @@ MISTAKES = {
 def test_lint_catches(source_nb, mistake):
     broken = copy.deepcopy(source_nb)
     mistake(broken)
-    problems = notebook.lint(broken)
+    problems = notebook.lint(broken, set(CHECKS))
     assert any(MISTAKES[mistake] in p for p in problems), problems
+
+
+def test_a_check_without_its_test_cell_is_caught(source_nb):
+    problems = notebook.lint(source_nb, set(CHECKS) | {"task2_forgotten_check"})
+    assert problems == ["check 'task2_forgotten_check' has no test cell in the notebook"]

@@ -44,6 +44,16 @@ def test_hidden_code_allowed_in_read_only_cells_but_not_in_student_cells():
         ClearHiddenRegions().preprocess_cell(editable, {}, 0)
 
 
+def test_a_hidden_only_test_cell_does_not_echo_its_docstring_in_the_release():
+    test = code_cell('"""Check f."""\n### BEGIN HIDDEN TESTS\n_report("x")\n### END HIDDEN TESTS',
+                     grade=True, locked=True, points=1)
+    source = ClearHiddenRegions().preprocess_cell(test, {}, 0)[0].source
+    assert source.startswith('"""Check f."""\n') and source.splitlines()[-1].startswith("pass")
+    visible = code_cell('"""Check g."""\n### BEGIN HIDDEN TESTS\n_report("x")\n### END HIDDEN TESTS\nassert g()',
+                        grade=True, locked=True, points=1)
+    assert ClearHiddenRegions().preprocess_cell(visible, {}, 0)[0].source == '"""Check g."""\nassert g()'
+
+
 def test_rubric_allowed_in_read_only_markdown():
     cell = nbformat.v4.new_markdown_cell("**Q?**\n=== BEGIN MARK SCHEME ===\n1 point\n=== END MARK SCHEME ===")
     cell.metadata["nbgrader"] = {"grade_id": "q", "grade": False, "solution": False, "locked": True}

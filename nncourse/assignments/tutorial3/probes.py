@@ -247,7 +247,10 @@ def probe_accuracy(model, loss_probe, update_probe, forward_of=None):
     def probe(ns, inputs):
         net = ns.get("net")
         fields = {"model": np.array(type(net).__name__)}
-        fields.update(param_fields(getattr(net, "params", None)))
+        try:
+            fields.update(param_fields(getattr(net, "params", None)))
+        except Stop as why:
+            fields["params_error"] = np.array(str(why))
         parts = [("indices", lambda: {"": training_indices(ns, inputs, model)}),
                  ("loss", lambda: loss_probe(ns, inputs)), ("update", lambda: update_probe(ns, inputs))]
         if forward_of:
