@@ -1,9 +1,7 @@
 """nbgrader configuration for the course. Run nbgrader commands from this folder."""
-import sys
 from pathlib import Path
 
 COURSE_ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(COURSE_ROOT))  # the course's nbgrader plugins live in ./nncourse
 
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties, CheckCellMetadata, ClearOutput, ComputeChecksums, DeduplicateIds, GetGrades, IgnorePattern,

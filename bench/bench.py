@@ -11,7 +11,6 @@ The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y workers=W
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,11 +59,7 @@ def floor_script(path):
 
 
 def make_course(root, students):
-    root.mkdir(parents=True)
-    shutil.copy(REPO / "nbgrader_config.py", root)
-    for folder in ("source", "nncourse"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "gradebook").mkdir()
+    grading.new_course(root, REPO)
     grading.generate_release(root)
     grading.write_samples(root, students)
     return root
@@ -110,8 +105,8 @@ def main():
                              "--workers", str(args.workers)], ours, default_env())
         print(f"{len(students)} submissions, `nncourse grade --workers {args.workers}`: {parallel:.1f} s "
               f"({parallel / len(students):.1f} s each) = {sequential / parallel:.2f} x vanilla throughput", flush=True)
-        same = grading.cell_scores(ours) == grading.cell_scores(vanilla)
-        print(f"gradebooks of the two batch runs identical cell by cell: {same}")
+        print("(vanilla nbgrader has no verdict step, so its scores are not this course's: it is compared "
+              "for throughput only)")
 
         if args.scaling:
             solo, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force", "--workers", "1"],

@@ -135,6 +135,7 @@ class Driver:
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.config = load_config(self.course)
+        self.key = {}  # grading_key() of this run, set by grade()
 
     def folder(self, student):
         return self.course / "submitted" / student / self.assignment
@@ -148,6 +149,28 @@ class Driver:
             if path.is_file():
                 digest.update(str(path.relative_to(self.folder(student))).encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
+
+    def grading_key(self):
+        """Hashes of what decides a grade besides the submission: the assignment's source as the
+        gradebook recorded it (cells, points), the assignment's checks and reference, and the
+        grading settings (nbgrader_config.py). A change in any of them regrades everyone."""
+        from nbgrader.api import Gradebook, MissingEntry
+        from .verdicts import load_assignment
+
+        def digest(*parts):
+            return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        try:
+            with Gradebook(self.config.CourseDirectory.db_url) as gb:
+                nb = gb.find_notebook(NOTEBOOK, self.assignment)
+                source = digest([(c.name, c.cell_type, c.locked, c.source) for c in nb.source_cells],
+                                sorted((g.name, g.max_score) for g in nb.grade_cells))
+        except MissingEntry:
+            source = ""
+        module = self.config.AssignmentStep.get("assignments", {}).get(self.assignment)
+        folder = Path(load_assignment(module).__file__).parent if module else None
+        checks = digest(sorted((p.name, p.read_text()) for p in folder.glob("*.py"))) if folder else ""
+        settings = digest((self.course / "nbgrader_config.py").read_text())
+        return {"source": source, "checks": checks, "settings": settings}
 
     def graded_record(self, student):
         path = self.state / f"{student}.json"
@@ -193,12 +216,14 @@ class Driver:
         if not (meta.exists() and executed.exists()):
             return None
         outcome = json.loads(meta.read_text())
-        return dict(outcome, executed=executed.read_text()) if outcome.get("sha") == sha else None
+        if outcome.get("sha") != sha or outcome.get("grading_key") != self.key:
+            return None
+        return dict(outcome, executed=executed.read_text())
 
     def save_outcome(self, outcome):
         (self.state / f"{outcome['student']}.executed.ipynb").write_text(outcome["executed"])
         (self.state / f"{outcome['student']}.outcome.json").write_text(
-            json.dumps({k: v for k, v in outcome.items() if k != "executed"}))
+            json.dumps({**{k: v for k, v in outcome.items() if k != "executed"}, "grading_key": self.key}))
 
     def autograde(self, outcome, submitted_dir=None):
         """nbgrader autograde for one student, replaying the execution done on a worker."""
@@ -231,6 +256,7 @@ class Driver:
         result = self.autograde(outcome, submitted_dir)
         summary = {k: v for k, v in outcome.items() if k != "executed"}
         summary["graded"] = bool(result.get("success"))
+        summary["grading_key"] = self.key
         if not summary["graded"]:
             summary["reason"] = "; ".join(filter(None, [summary["reason"], "nbgrader autograde failed (see log)"]))
         (self.logs / f"{student}.log").write_text("\n".join([
@@ -313,6 +339,19 @@ class Progress:
         sys.stderr.flush()
 
 
+REGRADE_REASONS = {"source": "the assignment's source in the gradebook changed (tests, points or cells)",
+                   "checks": "the assignment's checks or reference changed",
+                   "settings": "the grading settings (nbgrader_config.py) changed"}
+
+
+def regrade_reasons(record, sha, key):
+    """Why a student needs grading ([] if their record is up to date)."""
+    if not record:
+        return ["not graded yet"]
+    reasons = [] if record.get("sha") == sha else ["the submission changed"]
+    return reasons + [text for part, text in REGRADE_REASONS.items() if record.get("grading_key", {}).get(part) != key[part]]
+
+
 def default_workers():
     return len(os.sched_getaffinity(0))
 
@@ -324,19 +363,25 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     missing = [s for s in names if not driver.folder(s).is_dir()]
     if missing:
         raise FileNotFoundError(f"no submission folder for {missing} in {driver.course / 'submitted'}")
-    results, todo = {}, []
+    results, todo, why = {}, [], {}
+    key = driver.key = driver.grading_key()
     for student in names:
         sha = driver.sha(student)
         record = driver.graded_record(student)
-        if not force and record.get("sha") == sha:
+        changed = regrade_reasons(record, sha, key)
+        if not force and not changed:
             results[student] = record
         else:
             todo.append((student, sha))
+            for reason in changed or ["--force"]:
+                why[reason] = why.get(reason, 0) + 1
     workers = max(1, min(workers or default_workers(), len(todo)))
     # local kernels share this machine's cores; a Dask worker decides for itself (execute_submission)
     threads = None if scheduler else max(1, default_workers() // workers)
     log(f"{len(names)} submissions: {len(todo)} to grade, {len(names) - len(todo)} unchanged since graded; "
         f"{workers} at a time" + (f" on {scheduler}" if scheduler else f", {threads} thread(s) each"))
+    for reason, count in why.items():
+        log(f"  {count} to grade because {reason}")
     if not todo:
         return results
     settings = {name: dict(driver.config[name]) for name in SANDBOX_SECTIONS if name in driver.config}

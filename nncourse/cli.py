@@ -70,9 +70,10 @@ def cmd_report(args):
 
 
 def cmd_demo(args):
-    """Everything an instructor does, on sample students: the main job of the set-up."""
-    course = args.course
-    data.provision(Path(course) / "data" / "mnist")
+    """Everything an instructor does, on sample students, in a course folder of its own
+    (demo/, not tracked): the main job of the set-up. The repository's files stay as they are."""
+    data.provision(Path(args.course) / "data" / "mnist")
+    course = grading.new_course(args.demo_dir or Path(args.course) / "demo", args.course)
     problems = notebook.lint(notebook.read(source_path(course)), checked_tests(course))
     if problems:
         sys.exit("the source notebook has metadata problems:\n" + "\n".join(problems))
@@ -110,6 +111,7 @@ def main(argv=None):
     p.set_defaults(run=cmd_report)
     p = sub.add_parser("demo", help="provision data, release, autograde sample students, feedback, export, scores")
     p.add_argument("--all", action="store_true", help="grade every sample student, not only four")
+    p.add_argument("--demo-dir", type=Path, help="course folder for the demo (default: demo/ in the course)")
     p.set_defaults(run=cmd_demo)
     args = parser.parse_args(argv)
     try:

@@ -28,6 +28,23 @@ def nbgrader(course, *args):
     return result
 
 
+def new_course(root, repo, extra_config=""):
+    """A fresh course folder at `root`: `repo`'s nbgrader_config.py (plus `extra_config` lines)
+    and source/, an empty gradebook, and `repo`'s MNIST linked in. Used by the demo, the tests
+    and the benchmark, so that none of them writes into the repository's tracked files."""
+    import shutil
+    root, repo = Path(root), Path(repo)
+    root.mkdir(parents=True, exist_ok=True)
+    config = (repo / "nbgrader_config.py").read_text()
+    (root / "nbgrader_config.py").write_text(config + (f"\n{extra_config}\n" if extra_config else ""))
+    shutil.rmtree(root / "source", ignore_errors=True)
+    shutil.copytree(repo / "source", root / "source", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "gradebook").mkdir(exist_ok=True)
+    if not (root / "data").exists():
+        (root / "data").symlink_to((repo / "data").resolve(), target_is_directory=True)
+    return root
+
+
 def release_path(course):
     return Path(course) / "release" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
 

@@ -160,7 +160,9 @@ class SandboxedKernelManager(AsyncKernelManager):
             kernel_cmd = self._sandbox_command(kernel_cmd)
             kw["env"] = self._sandbox_env(kw.get("env") or os.environ)
             kw["cwd"] = str(self._scratch)
-            kw.setdefault("stdout", subprocess.DEVNULL)  # ipykernel's start-up notice; stderr is kept
+            # ipykernel's start-up notice, and anything the student's code writes to the process's own
+            # stdout/stderr: not the grader's streams, which the kernel could otherwise write or read back
+            kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
             if os.geteuid() == 0:
                 os.chown(self.connection_file, self._uid, self._uid)
         return await super()._async_launch_kernel(kernel_cmd, **kw)

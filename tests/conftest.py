@@ -2,7 +2,6 @@
 per session, on every fixture notebook, in a fresh copy of the course with its own gradebook."""
 import contextlib
 import os
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -20,15 +19,8 @@ DATA_DIR = REPO / "data" / "mnist"
 
 
 def make_course(tmp_path_factory, name, extra_config=""):
-    """A fresh course folder (config, tooling, source) with an empty gradebook and a new release."""
-    root = tmp_path_factory.mktemp(name)
-    shutil.copy(REPO / "nbgrader_config.py", root)
-    if extra_config:
-        with open(root / "nbgrader_config.py", "a") as f:
-            f.write("\n" + extra_config + "\n")
-    for folder in ("source", "nncourse"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "gradebook").mkdir()
+    """A fresh course folder (config, source, MNIST) with an empty gradebook and a new release."""
+    root = grading.new_course(tmp_path_factory.mktemp(name), REPO, extra_config)
     data.provision(DATA_DIR)
     os.environ["MNIST_DIR"] = str(DATA_DIR)  # grading kernels inherit it
     grading.generate_release(root)

@@ -53,8 +53,8 @@ def solution_lines(source_nb):
 
 def test_release_leaks_no_solution_hidden_test_or_rubric(source_nb):
     text = RELEASE.read_text()
-    for marker in ["BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "MARK SCHEME", "# STUB:", "_grader",
-                   "Rubric", "ACCURACY_TOLERANCE"]:
+    for marker in ["BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "MARK SCHEME", "# STUB:", "_report",
+                   "install_reporter", "Rubric", "ACCURACY_TOLERANCE"]:
         assert marker not in text, marker
     release_lines = {line.strip() for c in notebook.read(RELEASE).cells for line in c.source.splitlines()}
     seed_lines = {line.strip() for c in json.loads(SEED.read_text())["cells"] for line in c["source"]}
@@ -80,3 +80,12 @@ def test_visible_tests_open_with_a_docstring_and_have_points():
     for cell in tests:
         assert cell.source.startswith('"""'), notebook.meta(cell)["grade_id"]
         assert notebook.meta(cell)["points"] > 0
+
+
+def test_test_cells_print_nothing_of_their_own():
+    """A hidden-only test cell ends with a statement, so running it does not echo its docstring."""
+    import ast
+    release = notebook.read(RELEASE)
+    for cell in (c for c in release.cells if notebook.role(c) == "test"):
+        last = ast.parse(cell.source).body[-1]
+        assert not (isinstance(last, ast.Expr) and isinstance(last.value, ast.Constant)), notebook.meta(cell)["grade_id"]
