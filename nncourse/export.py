@@ -2,19 +2,14 @@
 task totals and the total, written with Python's csv module (fields quoted where needed).
 nbgrader_config.py makes it the default, so `nbgrader export` writes grades.csv in this form."""
 import csv
-import re
 
 from nbgrader.api import MissingEntry
 from nbgrader.plugins import ExportPlugin
 
-TASK = re.compile(r"^(task\d+)_")
+from .notebook import task_of
+
 FIRST = ["assignment", "student_id", "last_name", "first_name", "email", "timestamp"]
 LAST = ["total", "max_score", "needs_manual_grade"]
-
-
-def task_of(cell_name):
-    match = TASK.match(cell_name)
-    return match.group(1) if match else "other"
 
 
 class PerCellCsvExport(ExportPlugin):

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from . import notebook
-from .samples import STUDENTS
 
 ASSIGNMENT = "tutorial3"
 NOTEBOOK = "tutorial3"
@@ -58,7 +57,7 @@ def generate_release(course):
     return release_path(course)
 
 
-def write_samples(course, students=STUDENTS):
+def write_samples(course, students):
     """Sample submissions: the release with its blanks filled in by each sample student."""
     release = notebook.read(release_path(course))
     for student in students:
@@ -97,13 +96,13 @@ def cell_scores(course):
 
 def score_table(scores):
     """Text table: autograded points per task and overall, one row per student."""
-    tasks = [f"task{i}" for i in range(1, 6)]
+    tasks = sorted({notebook.task_of(g) for cells in scores.values() for g in cells} - {"other"})
     lines = [f"{'student':28s}" + "".join(f"{t:>8s}" for t in tasks) + f"{'auto':>10s}{'manual':>9s}"]
     for student in sorted(scores):
         cells = scores[student]
         auto = {g: v for g, v in cells.items() if not v[2]}
-        per_task = [sum(v[0] for g, v in auto.items() if g.startswith(t)) for t in tasks]
-        max_task = [sum(v[1] for g, v in auto.items() if g.startswith(t)) for t in tasks]
+        per_task = [sum(v[0] for g, v in auto.items() if notebook.task_of(g) == t) for t in tasks]
+        max_task = [sum(v[1] for g, v in auto.items() if notebook.task_of(g) == t) for t in tasks]
         manual = sum(1 for v in cells.values() if v[2])
         lines.append(f"{student:28s}" + "".join(f"{s:>4g}/{m:<3g}" for s, m in zip(per_task, max_task))
                      + f"{sum(per_task):>6g}/{sum(max_task):<3g}{manual:>5d} to grade")

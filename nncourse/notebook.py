@@ -10,7 +10,13 @@ REGIONS = [("### BEGIN SOLUTION", "### END SOLUTION"),
            ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"),
            ("=== BEGIN MARK SCHEME ===", "=== END MARK SCHEME ===")]
 GRADE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
-TASK_PREFIX = re.compile(r"^task[1-5]_")
+TASK = re.compile(r"^(task\d+)_")  # a graded cell's grade_id starts with its task: task2_...
+
+
+def task_of(grade_id):
+    """The task a grade_id belongs to ("task2"), or "other"."""
+    match = TASK.match(grade_id)
+    return match.group(1) if match else "other"
 
 
 def read(path):
@@ -117,7 +123,7 @@ def lint(nb, checked_tests=None):
         if kind == "test":
             if not m.get("locked"):
                 problems.append(f"{where}: test cell is not locked (students could edit the test)")
-            if not TASK_PREFIX.match(gid):
+            if not TASK.match(gid):
                 problems.append(f"{where}: test grade_id should start with its task, e.g. task2_")
             first = cell.source.split("\n", 1)[0]
             if not re.match(r'^""".+"""$', first):

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import notebook
-from .export import task_of
+from .notebook import task_of
 from .grading import ASSIGNMENT, NOTEBOOK, cell_scores
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ... import data
-from ...verdicts import Check, Failed
+from nncourse import data
+from nncourse.verdicts import Check, Failed
 from . import reference as ref
 
 PROBES_FILE = Path(__file__).with_name("probes.py")

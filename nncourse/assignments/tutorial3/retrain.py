@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 
-from ...verdicts import REPORT_MIME, Failed, cell_reports
+from nncourse.verdicts import REPORT_MIME, Failed, cell_reports
 from . import reference as ref
 
 RETRAIN_CELL = '''
@@ -58,7 +58,7 @@ def retrain_notebook(nb, model_name, student_model):
 
 def retrain(nb, step, test, model_name, student_model):
     """Trained parameters; Failed if the sandboxed run gives none."""
-    from ...sandbox import SandboxedExecute
+    from nncourse.sandbox import SandboxedExecute
     run = retrain_notebook(nb, model_name, student_model)
     with tempfile.TemporaryDirectory(prefix="nncourse-retrain-") as folder:
         SandboxedExecute(config=step.config).preprocess(run, {"metadata": {"path": folder}})

@@ -1,0 +1,164 @@
+"""Assignments are plug-ins of the grading machinery: a second assignment needs only a folder of
+its own (probes, checks) and a line of configuration, and changing an assignment's checks or
+points after grading regrades every student at the next `nncourse grade`."""
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nncourse import grading, notebook
+from nncourse.samples import BY_NAME
+
+from conftest import REPO, make_course
+
+pytestmark = pytest.mark.slow  # grades notebooks
+PLUGINS = "assignment_plugins"  # a folder of the course, put on sys.path by its nbgrader_config.py
+
+
+def plugin_config(mapping):
+    return textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, str(COURSE_ROOT / {PLUGINS!r}))
+        c.AssignmentStep.assignments = dict(c.AssignmentStep.assignments, **{mapping!r})
+        """)
+
+
+def cell(kind, source, grade_id, **nbgrader):
+    new = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+    del new["id"]
+    new.metadata["nbgrader"] = {"schema_version": 3, "grade_id": grade_id, "grade": False, "solution": False,
+                                "locked": False, "task": False, **nbgrader}
+    return new
+
+
+TINY_PROBES = '''import numpy as np
+
+
+def probe(test, notebook, inputs):
+    try:
+        return {"sums": np.array([notebook["add"](a, b) for a, b in inputs["pairs"]], dtype=float)}
+    except Exception as err:
+        return {"error": np.array(f"add raised {type(err).__name__}: {err}")}
+'''
+TINY_CHECKS = '''from pathlib import Path
+
+import numpy as np
+
+from nncourse.verdicts import Check, Failed
+
+PROBES_FILE = Path(__file__).with_name("probes.py")
+SETUP_CELL = "setup"
+STAND_INS = {}
+
+
+def inputs():
+    return {"pairs": np.array([[1.0, 2.0], [3.5, -1.0]])}
+
+
+def judge(report, context):
+    if not np.allclose(report["sums"], [3.0, 2.5]):
+        raise Failed("add returns the wrong sums.")
+
+
+CHECKS = {"add_correct": Check(judge, {"sums": "f"})}
+
+
+def context(reports, nb, step):
+    return None
+'''
+
+
+def tiny_source():
+    nb = nbformat.v4.new_notebook()
+    nb.nbformat_minor = 4
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        cell("code", "# Used by the autograder.\n### BEGIN HIDDEN TESTS\n_report = None\n### END HIDDEN TESTS",
+             "setup", locked=True),
+        cell("code", "def add(a, b):\n    ### BEGIN SOLUTION\n    # STUB: return ???\n    return a + b\n"
+                     "    ### END SOLUTION", "add", solution=True),
+        cell("code", '"""Check add on two pairs."""\n### BEGIN HIDDEN TESTS\n_report("add_correct")\n'
+                     '### END HIDDEN TESTS', "add_correct", grade=True, locked=True, points=2),
+    ]
+    return nb
+
+
+def scores(course, assignment, notebook_name):
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{course / 'gradebook' / 'gradebook.db'}") as gb:
+        return {s.student.id: {g.name: (g.score, g.max_score) for g in
+                               gb.find_submission_notebook(assignment, notebook_name, s.student.id).grades}
+                for s in gb.find_assignment(assignment).submissions}
+
+
+def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
+    course = make_course(tmp_path_factory, "two_assignments", plugin_config({"tiny": "tiny_checks.checks"}))
+    plugin = course / PLUGINS / "tiny_checks"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    (plugin / "probes.py").write_text(TINY_PROBES)
+    (plugin / "checks.py").write_text(TINY_CHECKS)
+    notebook.write(tiny_source(), course / "source" / "tiny" / "tiny.ipynb")
+    grading.nbgrader(course, "generate_assignment", "tiny", "--force")
+    release = notebook.read(course / "release" / "tiny" / "tiny.ipynb")
+    assert "_report" not in release.cells[2].source and "return ???" in release.cells[1].source
+    for student, body in [("alice", "return a + b"), ("bob", "return a - b"), ("carol", "return undefined_name")]:
+        nb = nbformat.from_dict(release)
+        nb.cells[1].source = nb.cells[1].source.replace("return ???", body)
+        notebook.write(nb, course / "submitted" / student / "tiny" / "tiny.ipynb")
+    grading.nbgrader(course, "autograde", "tiny", "--force")
+    assert {s: v["add_correct"] for s, v in scores(course, "tiny", "tiny").items()} == \
+        {"alice": (2.0, 2.0), "bob": (0.0, 2.0), "carol": (0.0, 2.0)}
+    outputs = {s: str(notebook.cells_by_id(notebook.read(course / "autograded" / s / "tiny" / "tiny.ipynb"))
+                      ["add_correct"].outputs) for s in ("bob", "carol")}
+    assert "Test failed: add returns the wrong sums." in outputs["bob"]
+    assert "add raised NameError" in outputs["carol"]
+
+
+def nncourse_grade(course):
+    result = subprocess.run([sys.executable, "-m", "nncourse", "--course", str(course), "grade", "--workers", "2"],
+                            cwd=course, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+STRICTER_CHECK = '''
+
+def _stricter(report, context):
+    raise Failed("this check was made stricter after grading")
+
+
+CHECKS["task1_random_batch_changes"] = Check(_stricter, CHECKS["task1_random_batch_changes"].fields)
+'''
+
+
+def test_changing_a_check_and_points_after_grading_regrades_everyone(tmp_path_factory):
+    course = make_course(tmp_path_factory, "regrade", plugin_config({"tutorial3": "tutorial3_copy.checks"}))
+    shutil.copytree(REPO / "nncourse" / "assignments" / "tutorial3", course / PLUGINS / "tutorial3_copy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    grading.write_samples(course, [BY_NAME["correct"], BY_NAME["constant_batch"]])
+    first = nncourse_grade(course)
+    assert "2 to grade because not graded yet" in first
+    before = scores(course, "tutorial3", "tutorial3")
+    assert before["correct"]["task1_random_batch_changes"] == (1.0, 1.0)
+    assert nncourse_grade(course).count("to grade because") == 0  # nothing changed: nobody regraded
+
+    source = course / "source" / "tutorial3" / "tutorial3.ipynb"
+    nb = notebook.read(source)
+    notebook.meta(notebook.cells_by_id(nb)["task2_update_numpy_correct"])["points"] = 3
+    notebook.write(nb, source)
+    grading.generate_release(course)
+    with open(course / PLUGINS / "tutorial3_copy" / "checks.py", "a") as checks:
+        checks.write(STRICTER_CHECK)
+
+    second = nncourse_grade(course)
+    assert "2 to grade because the assignment's source in the gradebook changed" in second
+    assert "2 to grade because the assignment's checks or reference changed" in second
+    after = scores(course, "tutorial3", "tutorial3")
+    for student in ("correct", "constant_batch"):
+        assert after[student]["task2_update_numpy_correct"] == (3.0, 3.0)
+        assert after[student]["task1_random_batch_changes"] == (0.0, 1.0)
