@@ -197,6 +197,9 @@ class SandboxedExecute(Execute):
     goes in the notebook's metadata (nncourse.stopped)."""
 
     interrupt_grace = Integer(10, help="Seconds a cell may take to stop after being interrupted").tag(config=True)
+    iopub_timeout = Integer(60, help="Seconds to wait, after a cell finishes, for the rest of its output to "
+                                     "arrive (nbclient's default of 4 s is too short for a test report of "
+                                     "several MiB on a loaded machine)").tag(config=True)
     max_output_mib = Integer(20, help="Output a notebook may produce, MiB; more is dropped").tag(config=True)
     max_reports_mib = Integer(64, help="Test reports a notebook may send, MiB in all; more are dropped, "
                                        "so their tests fail").tag(config=True)

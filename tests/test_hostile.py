@@ -131,9 +131,12 @@ def build_submissions(course, port, outside):
             "test_lbls_onehot[:] = np.eye(10)[np.argmax(test_lbls_onehot, axis=1)]  # the kernel's copy only",
             "import nncourse",
             after="task1_random_batch"),
-        "forged_values": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), 0.1), 'imgs': np.zeros((2, 40, 1)),"
-                                                 " 'lbls': np.ones((2, 40, 1)), 'loss0': np.array(2.3)})"),
-        "forged_huge": added(release, FORGE + "forge(lambda test: {'y': np.random.rand(40 * 1024 ** 2 // 8)})"),
+        "forged_values": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), 0.1)} if 'forward' in test "
+                                                 "else {'imgs': np.zeros((2, 40, 1), int), 'lbls': np.zeros((2, 40, 1), int)})"),
+        "forged_huge": added(release, FORGE + "HUGE = {'task1_random_batch_correct', 'task2_mlp_numpy_init_correct', "
+                                              "'task2_mlp_numpy_forward_correct', 'task3_mlp_torch_init_correct'}\n"
+                                              "forge(lambda test: {'y': np.random.rand((20 if test in HUGE else 1) "
+                                              "* 1024 ** 2 // 8)})"),
         "forged_pickle": added(release, FORGE + "class Boom:\n    def __reduce__(self):\n"
                                                 f"        return (open, ({str(outside) + '.unpickled'!r}, 'w'))\n"
                                                 "forge(lambda test: {'y': np.array([Boom()], dtype=object)})"),
@@ -239,8 +242,11 @@ def test_patching_libraries_and_printing_gain_nothing_and_cost_nothing_else(host
 
 def test_forged_reports_fail_with_the_reason(hostile):
     course = hostile["course"]
-    assert "forward_pass output (class probabilities) is wrong" in outputs_of(course, "forged_values")
-    assert "larger than 16 MiB" in outputs_of(course, "forged_huge")
+    forged = outputs_of(course, "forged_values")  # right shapes, wrong values; wrong fields elsewhere
+    assert "forward_pass output (class probabilities) is wrong" in forged
+    assert "two calls returned the same batch" in forged and "malformed" in forged
+    huge = outputs_of(course, "forged_huge")  # 4 reports of 27 MiB: 2 fit the notebook's 64 MiB, 2 are dropped
+    assert huge.count("larger than 16 MiB") == 2 and "no result was reported" in huge
     assert "cannot be read as plain arrays" in outputs_of(course, "forged_pickle")
     assert not Path(str(hostile["outside"]) + ".unpickled").exists(), "the grader unpickled a student's report"
     assert "contains NaN or infinite values" in outputs_of(course, "forged_nan")
