@@ -299,3 +299,12 @@ def test_a_wrong_or_crashing_helper_changes_which_model_is_retrained(context, tr
     recording = InProcessRetrain(ns, training_set, {}, context.nb, None)
     assert verdict("task2_mlp_numpy_accuracy", ns, recording).score == 1
     assert recording.asked == [("task2_mlp_numpy_accuracy", retrained_as)]
+
+
+def test_a_missing_model_is_not_retrained(context):
+    """Without a model class there is nothing to train with correct helpers: the test fails at once."""
+    ns = student(MLP_Numpy=None, grad_descent_update_numpy=None)
+    init = verdicts.Report(fields=probes.probe("task2_mlp_numpy_init_correct", ns, checks.inputs()))
+    recording = NoRetrain({"task2_mlp_numpy_init_correct": init}, context.nb, None)
+    got = verdict("task2_mlp_numpy_accuracy", ns, recording)
+    assert got.score == 0 and "MLP_Numpy is not defined" in got.message

@@ -27,6 +27,8 @@ SETUP_CELL = "grader_setup"
 TRAINING_CELLS = {"task2_train", "task3_train", "task4_train", "task5_train"}
 ACCURACY_TESTS = {"task2_mlp_numpy_accuracy": "MLP_Numpy", "task3_mlp_torch_accuracy": "MLP_Torch",
                   "task4_mlp_autograd_accuracy": "MLP_Torch_Autograd", "task5_cnn_accuracy": "CNN_Torch_Autograd"}
+INIT_TESTS = {"MLP_Numpy": "task2_mlp_numpy_init_correct", "MLP_Torch": "task3_mlp_torch_init_correct",
+              "MLP_Torch_Autograd": "task4_mlp_autograd_init_correct", "CNN_Torch_Autograd": "task5_cnn_init_correct"}
 SAMPLER_CASES = [(60000, 40, 3, 25), (100, 7, 4, 1), (50, 50, 5, 1)]  # size, batch, rng seed, draws
 
 
@@ -346,6 +348,9 @@ def accuracy(test):
             (["forward"] if model.parent and parts["forward"] is None else [])
         if crashed:
             what = f"{model_name} trained with correct helper functions"
+            init = context.reports.get(INIT_TESTS[model_name])
+            if init is not None and (init.fields is None or "error" in init.fields):  # no model to retrain
+                raise Failed(init.problem if init.fields is None else str(init.fields["error"]))
             params = context.retrain(test, model_name, student_model=True)
             expected = ref.STATED[model_name]["random"]
         else:
