@@ -255,7 +255,7 @@ STYLES = [
              "task3_update_torch": {"params[i].data = ??????.data - ??????? * grads[i].data":
                                     "params[i].data.sub_(learning_rate * grads[i].data)"}}),
     Student("style_alternative_ops", "einsum, clip, relu and method calls that compute the same",
-            {"task2_mlp_numpy": {"h1 = x.dot(?????)": "h1 = np.einsum('nd,dh->nh', x, w1)",
+            {"task2_mlp_numpy": {"h1 = x.dot(?????)": "h1 = np.einsum('nd,dh->nh', x, w1, optimize=True)",
                                  "h1_relu = np.maximum(????, ????)": "h1_relu = np.clip(h1, 0, None)"},
              "task3_mlp_torch": {"h1_relu = ????.clamp(min=????)": "h1_relu = torch.relu(h1)"},
              "task5_cnn": {"h1_relu = ??????.clamp(min=0)": "h1_relu = F.relu(h1_bias)"},
