@@ -1,4 +1,5 @@
 """nbgrader configuration for the course. Run nbgrader commands from this folder."""
+import os
 from pathlib import Path
 
 COURSE_ROOT = Path(__file__).resolve().parent
@@ -8,7 +9,6 @@ from nbgrader.preprocessors import (  # noqa: E402
     IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells, OverwriteKernelspec, SaveAutoGrades, SaveCells)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
-from nncourse import kernel_env  # noqa: E402
 from nncourse.guard import RestoreCells  # noqa: E402
 from nncourse.preprocessors import (  # noqa: E402
     ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
@@ -52,5 +52,5 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideGraderOnlyText, CSSHTMLHeader
 # `nbgrader export`: one column per graded cell, task totals and the total (nncourse/export.py).
 c.ExportApp.plugin_class = "nncourse.export.PerCellCsvExport"
 
-# Grading kernels inherit this environment: MNIST's location ($MNIST_DIR) and a faster allocator.
-kernel_env.apply(COURSE_ROOT / "data" / "mnist")
+# The course's data (MNIST): shown read-only to grading kernels, and read by the grader's checks.
+c.SandboxedKernelManager.data_dir = os.environ.get("MNIST_DIR") or str(COURSE_ROOT / "data" / "mnist")

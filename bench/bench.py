@@ -3,10 +3,12 @@
 - floor: the reference solution as a plain Python script (no notebook, no grading), in the
   environment our grader gives a kernel that has the machine to itself (threads, allocator);
 - one submission graded by `python -m nncourse grade` (autograde and report);
-- a batch of submissions graded by vanilla sequential `nbgrader autograde` in a default
-  environment (nbgrader's own configuration, glibc malloc, default threads), and by our command.
+- a batch of submissions graded by sequential `nbgrader autograde` in a default environment
+  (nbgrader's own steps and kernel manager, glibc malloc, default threads) with the course's two
+  verdict steps added, so that it does the same grading work; by the same without the verdict steps
+  (execution only: it decides nothing, shown for comparison); and by our command.
 
-The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y workers=W
+The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y throughput_vs_execution_only=Z workers=W
 """
 import argparse
 import os
@@ -21,15 +23,26 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nncourse import data, grading, kernel_env, notebook  # noqa: E402
+from nncourse.course import Course  # noqa: E402
 from nncourse.samples import STUDENTS  # noqa: E402
 
 DATA_DIR = REPO / "data" / "mnist"
-SOURCE = REPO / "source" / grading.ASSIGNMENT / f"{grading.NOTEBOOK}.ipynb"
 GRADER_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES]
 VANILLA_CONFIG = """c = get_config()
 c.CourseDirectory.course_id = "nn-tutorial3"
 c.CourseDirectory.db_url = "sqlite:///{root}/gradebook/gradebook.db"
 c.Execute.timeout = 600
+"""
+# nbgrader's own steps, plus the course's probes and verdicts: the same grading work as ours.
+WITH_VERDICTS = """
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import Execute
+from nncourse.verdicts import DecideVerdicts, InsertProbes
+c.AssignmentStep.assignments = {assignments!r}
+sanitize = Autograde.class_traits()["sanitize_preprocessors"].default()
+c.Autograde.sanitize_preprocessors = sanitize[:-1] + [InsertProbes] + sanitize[-1:]
+c.Autograde.autograde_preprocessors = [step for default in Autograde.class_traits()["autograde_preprocessors"].default()
+                                       for step in ([default, DecideVerdicts] if default is Execute else [default])]
 """
 
 
@@ -51,7 +64,7 @@ def default_env():
 
 def floor_script(path):
     """The source notebook's own code (the full solution) as a script: no tests, no grader."""
-    cells = [c.source for c in notebook.read(SOURCE).cells
+    cells = [c.source for c in notebook.read(Course.load(REPO).notebook("source")).cells
              if c.cell_type == "code" and notebook.role(c) != "test" and notebook.meta(c).get("grade_id") != "grader_setup"]
     code = "\n\n".join(re.sub(r"^%.*$", "", source, flags=re.M) for source in cells)
     path.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + code + "\n")
@@ -93,20 +106,24 @@ def main():
         print(f"one submission, `nncourse grade` (autograde + report): {single:.1f} s "
               f"= {single / floor:.2f} x floor", flush=True)
 
-        vanilla = make_course(tmp / "vanilla", students)
-        (vanilla / "nbgrader_config.py").write_text(VANILLA_CONFIG.format(root=vanilla))
-        sequential, _ = timed([python, "-m", "nbgrader", "autograde", grading.ASSIGNMENT, "--force"], vanilla,
-                              default_env())
-        print(f"{len(students)} submissions, vanilla sequential `nbgrader autograde`, default environment: "
-              f"{sequential:.1f} s ({sequential / len(students):.1f} s each)", flush=True)
+        sequential = {}
+        for kind, extra in [("with verdicts", WITH_VERDICTS), ("execution only", "")]:
+            vanilla = make_course(tmp / kind.replace(" ", "_"), students)
+            course = Course.load(vanilla)
+            (vanilla / "nbgrader_config.py").write_text((VANILLA_CONFIG + extra).format(root=vanilla,
+                                                                                     assignments=course.assignments))
+            sequential[kind], _ = timed([python, "-m", "nbgrader", "autograde", course.assignment, "--force"],
+                                        vanilla, default_env())
+            print(f"{len(students)} submissions, sequential `nbgrader autograde` ({kind}), default environment: "
+                  f"{sequential[kind]:.1f} s ({sequential[kind] / len(students):.1f} s each)", flush=True)
 
         ours = make_course(tmp / "ours", students)
         parallel, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force",
                              "--workers", str(args.workers)], ours, default_env())
         print(f"{len(students)} submissions, `nncourse grade --workers {args.workers}`: {parallel:.1f} s "
-              f"({parallel / len(students):.1f} s each) = {sequential / parallel:.2f} x vanilla throughput", flush=True)
-        print("(vanilla nbgrader has no verdict step, so its scores are not this course's: it is compared "
-              "for throughput only)")
+              f"({parallel / len(students):.1f} s each) = {sequential['with verdicts'] / parallel:.2f} x the "
+              f"throughput of sequential nbgrader with verdicts, "
+              f"{sequential['execution only'] / parallel:.2f} x execution only", flush=True)
 
         if args.scaling:
             solo, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force", "--workers", "1"],
@@ -114,8 +131,8 @@ def main():
             print(f"{len(students)} submissions, `nncourse grade --workers 1`: {solo:.1f} s; "
                   f"speed-up with {args.workers} workers: {solo / parallel:.2f}", flush=True)
 
-    print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={sequential / parallel:.2f} "
-          f"workers={args.workers}")
+    print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={sequential['with verdicts'] / parallel:.2f} "
+          f"throughput_vs_execution_only={sequential['execution only'] / parallel:.2f} workers={args.workers}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Batch autograding: execute submissions in parallel, write the gradebook from one process.
 
 nbgrader grades one submission after another, and several processes must not write one SQLite
-gradebook. Here the heavy step, executing each notebook, runs on W local processes or on the
-workers of a Dask cluster. The driver then runs nbgrader's own autograde for each student, one
-at a time, with nbgrader's Execute step replaced by ReplayExecution, which puts in the outputs
-computed on the worker. Everything else (restoring cells, scores, submission records, late
+gradebook. Here the heavy steps, executing each notebook in a sandboxed kernel and deciding its
+verdicts from what the kernel reported (the configured DecideVerdicts step), run on W local
+processes or on the workers of a Dask cluster: grader processes, outside the student's kernel.
+The driver then runs nbgrader's own autograde for each student, one at a time, with nbgrader's
+Execute step replaced by ReplayExecution, which puts in the outputs the worker decided, and
+without the verdict step. Everything else (restoring cells, scores, submission records, late
 penalties, the files in autograded/) is nbgrader's own code, so the gradebook is what sequential
 `nbgrader autograde` writes.
 
@@ -20,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -31,11 +32,10 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Unicode
 from traitlets.config import Config
 
-from . import kernel_env
-from .grading import ASSIGNMENT, NOTEBOOK
-from .sandbox import SandboxedExecute, SandboxError, check_sandbox, mark_unrun_cells
-
-SANDBOX_SECTIONS = ("SandboxedKernelManager", "SandboxedExecute")
+from .course import Course
+from .grading import autograde_student
+from .sandbox import SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox, mark_unrun_cells
+from .verdicts import DecideVerdicts
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,7 @@ class Outcome:
     reason: str = ""     # why grading was not normal: unreadable notebook, dead kernel, timeout...
     seconds: float = 0.0
     worker: str = ""
+    decided: bool = False  # the worker ran the verdict steps too
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -56,34 +57,43 @@ def timed_out(nb):
     return any(o.get("ename") == "CellTimeoutError" for c in nb.cells for o in c.get("outputs", []))
 
 
-def execute_submission(student, sha, notebook_json, timeout, threads, settings=None):
-    """Run one sanitized notebook with nbgrader's Execute preprocessor, on a worker.
+def execute_submission(student, sha, notebook_json, timeout, threads, assignment, notebook_name, settings=None,
+                       verdict_steps=()):
+    """Run one sanitized notebook in a sandboxed kernel, then decide its verdicts, on a worker.
 
     Nothing comes from the driver's filesystem: the notebook arrives as an argument, MNIST is
     this machine's own ($MNIST_DIR, or data/mnist of the checkout that ran ./setup). `threads`
-    caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1)."""
+    caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1).
+    `settings` are the driver's configuration sections for these steps."""
     from nbgrader.utils import setenv
 
     started = time.time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
-    data_dir = Path(os.environ.get("MNIST_DIR") or PACKAGE_COURSE / "data" / "mnist")
-    if not (data_dir / "MNIST" / "raw").is_dir():
+    config = Config({name: Config(values) for name, values in (settings or {}).items()})
+    data_dir = worker_data_dir(config)
+    if data_dir is None:
         return asdict(Outcome(student, sha, worker=worker,
-                              reason=f"MNIST is missing on worker {worker} ({data_dir}): run ./setup --no-demo there"))
+                              reason=f"the course's data folder is missing on worker {worker}: "
+                                     f"run ./setup --no-demo there, or set MNIST_DIR"))
     nb = nbformat.reads(notebook_json, as_version=4)
-    threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
-    saved = dict(os.environ)
-    os.environ.update(kernel_env.kernel_environment(os.environ, data_dir, threads=threads))  # kernels inherit it
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, \
-                setenv(NBGRADER_EXECUTION="autograde"):
-            config = Config({name: Config(values) for name, values in (settings or {}).items()})
-            SandboxedExecute(config=config, timeout=timeout).preprocess(nb, {"metadata": {"path": scratch}})
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
+    config.SandboxedKernelManager.data_dir = str(data_dir)
+    with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, setenv(NBGRADER_EXECUTION="autograde"):
+        resources = {"metadata": {"path": scratch},
+                     "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
+        nb, resources = SandboxedExecute(config=config, timeout=timeout).preprocess(nb, resources)
+        for step in verdict_steps:
+            nb, resources = step(config=config).preprocess(nb, resources)
     return asdict(Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout),
-                          round(time.time() - started, 1), worker))
+                          round(time.time() - started, 1), worker, decided=bool(verdict_steps)))
+
+
+def worker_data_dir(config):
+    """The data folder on this machine: the driver's, if this machine has it (local workers), else
+    $MNIST_DIR or the data folder of this checkout (a Dask worker prepared with ./setup)."""
+    candidates = [config.SandboxedKernelManager.get("data_dir"), os.environ.get("MNIST_DIR"),
+                  PACKAGE_COURSE / "data" / "mnist"]
+    return next((Path(d) for d in candidates if d and Path(d).is_dir() and any(Path(d).iterdir())), None)
 
 
 def why_not_normal(nb, timeout):
@@ -119,29 +129,37 @@ def autograde_steps(config, kind):
     return config.Autograde.get(kind) or Autograde.class_traits()[kind].default()
 
 
-def load_config(course):
-    from traitlets.config.loader import PyFileConfigLoader
-    return PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+def verdict_steps(config):
+    """The configured autograde steps that decide verdicts: run on the worker, after execution."""
+    return [s for s in autograde_steps(config, "autograde_preprocessors")
+            if isinstance(s, type) and issubclass(s, DecideVerdicts)]
+
+
+def worker_settings(config, steps):
+    """The driver's configuration sections that the worker's steps (and their bases) read."""
+    names = {base.__name__ for cls in (SandboxedExecute, SandboxedKernelManager, *steps) for base in cls.mro()}
+    return {name: dict(config[name]) for name in sorted(names) if name in config}
 
 
 class Driver:
     """Sanitizes submissions and records results; the only process that writes the gradebook."""
 
-    def __init__(self, course, assignment=ASSIGNMENT):
-        self.course = Path(course).resolve()
-        self.assignment = assignment
-        self.state = self.course / ".batch" / assignment
-        self.logs = self.course / "logs" / assignment
+    def __init__(self, course, assignment=None):
+        self.course = Course.of(course)
+        self.config = self.course.config
+        self.assignment = assignment or self.course.assignment
+        self.notebook = self.course.notebook_name(self.assignment)
+        self.state = self.course.state_folder(self.assignment)
+        self.logs = self.course.log_folder(self.assignment)
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.config = load_config(self.course)
         self.key = {}  # grading_key() of this run, set by grade()
 
     def folder(self, student):
-        return self.course / "submitted" / student / self.assignment
+        return self.course.folder("submitted", self.assignment, student)
 
     def students(self):
-        return sorted(p.parent.name for p in (self.course / "submitted").glob(f"*/{self.assignment}") if p.is_dir())
+        return self.course.students(self.assignment)
 
     def sha(self, student):
         digest = hashlib.sha256()
@@ -155,21 +173,20 @@ class Driver:
         gradebook recorded it (cells, points), the assignment's checks and reference, and the
         grading settings (nbgrader_config.py). A change in any of them regrades everyone."""
         from nbgrader.api import Gradebook, MissingEntry
-        from .verdicts import load_assignment
 
         def digest(*parts):
             return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
         try:
-            with Gradebook(self.config.CourseDirectory.db_url) as gb:
-                nb = gb.find_notebook(NOTEBOOK, self.assignment)
+            with Gradebook(self.course.db_url) as gb:
+                nb = gb.find_notebook(self.notebook, self.assignment)
                 source = digest([(c.name, c.cell_type, c.locked, c.source) for c in nb.source_cells],
                                 sorted((g.name, g.max_score) for g in nb.grade_cells))
         except MissingEntry:
             source = ""
-        module = self.config.AssignmentStep.get("assignments", {}).get(self.assignment)
-        folder = Path(load_assignment(module).__file__).parent if module else None
+        module = self.course.checks(self.assignment)
+        folder = Path(module.__file__).parent if module else None
         checks = digest(sorted((p.name, p.read_text()) for p in folder.glob("*.py"))) if folder else ""
-        settings = digest((self.course / "nbgrader_config.py").read_text())
+        settings = digest((self.course.root / "nbgrader_config.py").read_text())
         return {"source": source, "checks": checks, "settings": settings}
 
     def graded_record(self, student):
@@ -178,7 +195,7 @@ class Driver:
 
     def sanitized(self, student):
         """(notebook JSON after nbgrader's sanitize steps, "") or ("", why it cannot run)."""
-        path = self.folder(student) / f"{NOTEBOOK}.ipynb"
+        path = self.folder(student) / f"{self.notebook}.ipynb"
         if not path.exists():
             return "", f"no notebook submitted ({path.name} is missing)"
         try:
@@ -191,8 +208,8 @@ class Driver:
             return "", f"the notebook cannot be prepared for grading: {type(err).__name__}: {str(err)[:200]}"
 
     def sanitize(self, nb, student):
-        resources = {"nbgrader": {"notebook": NOTEBOOK, "assignment": self.assignment, "student": student,
-                                  "db_url": self.config.CourseDirectory.db_url}}
+        resources = {"nbgrader": {"notebook": self.notebook, "assignment": self.assignment, "student": student,
+                                  "db_url": self.course.db_url}}
         for step in autograde_steps(self.config, "sanitize_preprocessors"):
             nb, resources = step(config=self.config).preprocess(nb, resources)
         return nb
@@ -201,11 +218,11 @@ class Driver:
         """For a submission that could not run: the blank release in its place, every code cell
         failing with the reason, so that nbgrader records 0 for each test and keeps the reason."""
         student = outcome["student"]
-        folder = self.course / ".batch" / "stand-ins" / student / self.assignment
+        folder = self.state.parent / "stand-ins" / student / self.assignment
         shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(self.folder(student), folder, ignore=shutil.ignore_patterns(f"{NOTEBOOK}.ipynb"))
-        release = self.course / "release" / self.assignment / f"{NOTEBOOK}.ipynb"
-        shutil.copy(release, folder / f"{NOTEBOOK}.ipynb")
+        shutil.copytree(self.folder(student), folder, ignore=shutil.ignore_patterns(f"{self.notebook}.ipynb"))
+        release = self.course.notebook("release", assignment=self.assignment)
+        shutil.copy(release, folder / f"{self.notebook}.ipynb")
         nb = self.sanitize(nbformat.read(str(release), as_version=4), student)  # outputs cleared
         mark_unrun_cells(nb, outcome["reason"])
         return dict(outcome, executed=nbformat.writes(nb), stand_in=True), folder.parent.parent
@@ -226,25 +243,16 @@ class Driver:
             json.dumps({**{k: v for k, v in outcome.items() if k != "executed"}, "grading_key": self.key}))
 
     def autograde(self, outcome, submitted_dir=None):
-        """nbgrader autograde for one student, replaying the execution done on a worker."""
-        from nbgrader.apps import NbGraderAPI
-        from nbgrader.coursedir import CourseDirectory
-        student = outcome["student"]
-        config = load_config(self.course)
+        """nbgrader autograde for one student, replaying the execution (and verdicts) of a worker."""
+        config = Course.load(self.course.root).config  # a fresh copy, changed below
+        decided = verdict_steps(config) if outcome.get("decided") else []
         config.Autograde.autograde_preprocessors = [ReplayExecution if issubclass(s, Execute) else s
-                                                    for s in autograde_steps(config, "autograde_preprocessors")]
+                                                    for s in autograde_steps(config, "autograde_preprocessors")
+                                                    if s not in decided]
         config.ReplayExecution.executed_dir = str(self.state)
         if submitted_dir:
-            config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course))
-        here = os.getcwd()
-        os.chdir(self.course)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings on new students
-                api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
-                return api.autograde(self.assignment, student, force=True, create=True)
-        finally:
-            os.chdir(here)
+            config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course.root))
+        return autograde_student(self.course, outcome["student"], self.assignment, config)
 
     def finish(self, outcome):
         """Write one student's grades (nbgrader autograde), log and record them."""
@@ -356,13 +364,14 @@ def default_workers():
     return len(os.sched_getaffinity(0))
 
 
-def grade(course, students=None, workers=None, scheduler=None, force=False, assignment=ASSIGNMENT, log=print):
+def grade(course, students=None, workers=None, scheduler=None, force=False, assignment=None, log=print):
     """Grade the named students (default: every submission). Returns {student: summary}."""
     driver = Driver(course, assignment)
     names = students or driver.students()
     missing = [s for s in names if not driver.folder(s).is_dir()]
     if missing:
-        raise FileNotFoundError(f"no submission folder for {missing} in {driver.course / 'submitted'}")
+        raise FileNotFoundError(f"no submission folder for {missing} in "
+                                f"{driver.course.root / driver.course.directory.submitted_directory}")
     results, todo, why = {}, [], {}
     key = driver.key = driver.grading_key()
     for student in names:
@@ -384,7 +393,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         log(f"  {count} to grade because {reason}")
     if not todo:
         return results
-    settings = {name: dict(driver.config[name]) for name in SANDBOX_SECTIONS if name in driver.config}
+    steps = verdict_steps(driver.config)
+    settings = worker_settings(driver.config, steps)
     if not scheduler:
         check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
     runner = Runner(workers, scheduler)
@@ -398,7 +408,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
             else:
                 futures[runner.submit(execute_submission, student=student, sha=sha, notebook_json=notebook_json,
                                       timeout=driver.config.Execute.get("timeout", 600), threads=threads,
-                                      settings=settings)] = (student, sha)
+                                      assignment=driver.assignment, notebook_name=driver.notebook,
+                                      settings=settings, verdict_steps=steps)] = (student, sha)
         bar = Progress(len(todo))
         for outcome in chain(ready, runner.outcomes(futures)):
             results[outcome["student"]] = driver.finish(outcome)

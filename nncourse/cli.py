@@ -4,31 +4,27 @@ import sys
 from pathlib import Path
 
 from . import data, grading, notebook
+from .course import Course
 from .samples import BY_NAME, STUDENTS
 
 COURSE = Path(__file__).resolve().parent.parent
 DEMO_STUDENTS = ["correct", "constant_batch", "numpy_relu_mask_missing", "torch_ce_mean_over_classes"]
 
 
-def source_path(course):
-    return Path(course) / "source" / grading.ASSIGNMENT / f"{grading.NOTEBOOK}.ipynb"
-
-
 def cmd_data(args):
-    data.provision(args.data_dir or Path(args.course) / "data" / "mnist")
+    data.provision(args.data_dir or Course.load(args.course).data_dir)
 
 
 def checked_tests(course):
     """grade_ids that the assignment's checks decide (from nbgrader_config.py), or None."""
-    from .batch import load_config
-    from .verdicts import load_assignment
-    module = load_config(course).AssignmentStep.get("assignments", {}).get(grading.ASSIGNMENT)
-    return set(load_assignment(module).CHECKS) if module else None
+    checks = course.checks()
+    return set(checks.CHECKS) if checks else None
 
 
 def cmd_lint(args):
-    path = args.notebook or source_path(args.course)
-    problems = notebook.lint(notebook.read(path), checked_tests(args.course))
+    course = Course.load(args.course)
+    path = args.notebook or course.notebook("source")
+    problems = notebook.lint(notebook.read(path), checked_tests(course))
     for p in problems:
         print(p)
     print(f"{path}: {len(problems)} problem(s)")
@@ -41,7 +37,7 @@ def cmd_samples(args):
     if unknown:
         sys.exit(f"unknown sample students {unknown}; choose from {sorted(BY_NAME)}")
     written = grading.write_samples(args.course, [BY_NAME[n] for n in names])
-    print(f"wrote {len(written)} submissions into {Path(args.course) / 'submitted'}")
+    print(f"wrote {len(written)} submissions into {Course.load(args.course).folder('submitted', student='*')}")
 
 
 def cmd_scores(args):
@@ -56,7 +52,7 @@ def grade_batch(course, students, workers=None, scheduler=None, force=False):
         if result.get("reason"):
             print(f"  {student}: {result['reason']}")
     print(grading.score_table(grading.cell_scores(course)))
-    print(f"logs: {Path(course) / 'logs' / grading.ASSIGNMENT}")
+    print(f"logs: {Course.of(course).log_folder()}")
     print(f"report: {report.write_report(course).as_uri()}")
 
 
@@ -72,9 +68,9 @@ def cmd_report(args):
 def cmd_demo(args):
     """Everything an instructor does, on sample students, in a course folder of its own
     (demo/, not tracked): the main job of the set-up. The repository's files stay as they are."""
-    data.provision(Path(args.course) / "data" / "mnist")
-    course = grading.new_course(args.demo_dir or Path(args.course) / "demo", args.course)
-    problems = notebook.lint(notebook.read(source_path(course)), checked_tests(course))
+    data.provision(Course.load(args.course).data_dir)
+    course = Course.load(grading.new_course(args.demo_dir or Path(args.course) / "demo", args.course))
+    problems = notebook.lint(notebook.read(course.notebook("source")), checked_tests(course))
     if problems:
         sys.exit("the source notebook has metadata problems:\n" + "\n".join(problems))
     print(f"release written: {grading.generate_release(course)}")
@@ -116,6 +112,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (data.DataError, grading.GradingError, FileNotFoundError) as err:
+    except (data.DataError, grading.GradingError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,12 +3,11 @@ from the gradebook."""
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from . import notebook
-
-ASSIGNMENT = "tutorial3"
-NOTEBOOK = "tutorial3"
+from .course import Course
 
 
 class GradingError(RuntimeError):
@@ -45,52 +44,79 @@ def new_course(root, repo, extra_config=""):
 
 
 def release_path(course):
-    return Path(course) / "release" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
+    return Course.of(course).notebook("release")
 
 
 def submission_path(course, student):
-    return Path(course) / "submitted" / student / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
+    return Course.of(course).notebook("submitted", student)
 
 
 def generate_release(course):
-    nbgrader(course, "generate_assignment", ASSIGNMENT, "--force")
-    return release_path(course)
+    course = Course.of(course)
+    nbgrader(course.root, "generate_assignment", course.assignment, "--force")
+    return course.notebook("release")
 
 
 def write_samples(course, students):
     """Sample submissions: the release with its blanks filled in by each sample student."""
-    release = notebook.read(release_path(course))
+    course = Course.of(course)
+    release = notebook.read(course.notebook("release"))
     for student in students:
-        notebook.write(student.notebook(release), submission_path(course, student.name))
+        notebook.write(student.notebook(release), course.notebook("submitted", student.name))
     return [s.name for s in students]
 
 
+def autograde_student(course, student, assignment=None, config=None):
+    """nbgrader's own `autograde` of one student, in this process, with the course's configuration
+    or a changed copy of it (`config`). Returns nbgrader's result: {"success", "log", "error"}."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    course = Course.of(course)
+    config = config or course.config
+    here = os.getcwd()
+    os.chdir(course.root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings on new students
+            api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+            return api.autograde(assignment or course.assignment, student, force=True, create=True)
+    finally:
+        os.chdir(here)
+
+
 def autograde(course, students=None):
-    """nbgrader autograde, for the named students or for every submission."""
-    for student in students or [None]:
-        nbgrader(course, "autograde", ASSIGNMENT, "--force", *(["--student", student] if student else []))
+    """nbgrader autograde, one student after another, for the named students or for every submission."""
+    course = Course.of(course)
+    for student in students or course.students():
+        result = autograde_student(course, student)
+        if not result.get("success"):
+            raise GradingError(f"nbgrader autograde failed for {student}:\n"
+                               f"{(result.get('error') or result.get('log') or '')[-3000:]}")
 
 
 def generate_feedback(course):
-    nbgrader(course, "generate_feedback", ASSIGNMENT, "--force")
-    return Path(course) / "feedback"
+    course = Course.of(course)
+    nbgrader(course.root, "generate_feedback", course.assignment, "--force")
+    return course.root / course.directory.feedback_directory
 
 
 def export_grades(course):
-    path = Path(course) / "grades.csv"
-    nbgrader(course, "export", "--to", str(path))
+    path = Course.of(course).root / "grades.csv"
+    nbgrader(path.parent, "export", "--to", str(path))
     return path
 
 
-def cell_scores(course):
+def cell_scores(course, assignment=None):
     """{student: {grade_id: (score, max_score, needs_manual_grade)}} from the gradebook."""
     from nbgrader.api import Gradebook
-    db_url = f"sqlite:///{Path(course) / 'gradebook' / 'gradebook.db'}"
-    with Gradebook(db_url) as gb:
+    course = Course.of(course)
+    assignment = assignment or course.assignment
+    name = course.notebook_name(assignment)
+    with Gradebook(course.db_url) as gb:
         return {
             sub.student.id: {g.name: (float(g.score), float(g.max_score), bool(g.needs_manual_grade))
-                             for g in gb.find_submission_notebook(ASSIGNMENT, NOTEBOOK, sub.student.id).grades}
-            for sub in gb.find_assignment(ASSIGNMENT).submissions
+                             for g in gb.find_submission_notebook(assignment, name, sub.student.id).grades}
+            for sub in gb.find_assignment(assignment).submissions
         }
 
 

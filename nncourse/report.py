@@ -6,16 +6,16 @@ import html
 import io
 import json
 from collections import Counter
-from pathlib import Path
 
 from . import notebook
+from .course import Course
+from .grading import cell_scores
 from .notebook import task_of
-from .grading import ASSIGNMENT, NOTEBOOK, cell_scores
 
 
-def failure_messages(course, student, assignment=ASSIGNMENT):
+def failure_messages(course, student, assignment=None):
     """{grade_id: first line of the error} for the failed graded cells of one autograded notebook."""
-    path = Path(course) / "autograded" / student / assignment / f"{NOTEBOOK}.ipynb"
+    path = Course.of(course).notebook("autograded", student, assignment)
     if not path.exists():
         return {}
     messages = {}
@@ -58,9 +58,10 @@ def table(header, rows):
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(course, assignment=ASSIGNMENT):
-    course = Path(course)
-    scores = cell_scores(course)
+def write_report(course, assignment=None):
+    course = Course.of(course)
+    assignment = assignment or course.assignment
+    scores = cell_scores(course, assignment)
     students = sorted(scores)
     if not students:
         raise ValueError("the gradebook has no graded submission yet: run the batch first")
@@ -72,7 +73,7 @@ def write_report(course, assignment=ASSIGNMENT):
     graded_answers = {g: ([scores[s][g][0] for s in students if not scores[s][g][2]], scores[students[0]][g][1])
                       for g in manual}
 
-    records = [json.loads(p.read_text()) for p in sorted((course / ".batch" / assignment).glob("*.json"))
+    records = [json.loads(p.read_text()) for p in sorted(course.state_folder(assignment).glob("*.json"))
                if not p.name.endswith(".outcome.json")]
     problems = [[r["student"], r["reason"], r.get("seconds", "")] for r in records if r.get("reason")]
     ran = [s for s in students if s not in {r["student"] for r in records if r.get("stand_in")}]
@@ -100,7 +101,7 @@ Written answers waiting for a grader: {waiting}.</p>
 <h2>Submissions that errored or timed out</h2>
 {table(["student", "reason", "seconds"], problems) if problems else "<p>None.</p>"}
 </body></html>"""
-    out = course / "reports" / f"{assignment}.html"
+    out = course.root / "reports" / f"{assignment}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

@@ -32,6 +32,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
+from . import kernel_env
 from .verdicts import REPORT_MIME
 
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
@@ -96,7 +97,10 @@ class SandboxedKernelManager(AsyncKernelManager):
     max_open_files = Integer(512, help="Open files (RLIMIT_NOFILE)").tag(config=True)
     max_file_mib = Integer(256, help="Largest file the kernel may write, MiB (RLIMIT_FSIZE)").tag(config=True)
     cpu_seconds = Integer(3600, help="CPU time of the kernel (RLIMIT_CPU)").tag(config=True)
-    data_dir = Unicode("", help="MNIST folder shown read-only as /data/mnist (default: $MNIST_DIR)").tag(config=True)
+    data_dir = Unicode("", help="The course's data folder (MNIST), shown read-only to kernels as /data/mnist "
+                                "(default: $MNIST_DIR)").tag(config=True)
+    threads = Integer(0, help="BLAS/OpenMP threads of each kernel, for kernels that share the machine "
+                              "(0: the libraries' default)").tag(config=True)
 
     def _sandbox_off(self):
         return sandbox_disabled(self.enabled)
@@ -156,9 +160,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         return clean
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
+        kw["env"] = kernel_env.kernel_environment(kw.get("env") or os.environ,
+                                                  self.data_dir or os.environ.get("MNIST_DIR", ""), self.threads)
         if not self._sandbox_off():
             kernel_cmd = self._sandbox_command(kernel_cmd)
-            kw["env"] = self._sandbox_env(kw.get("env") or os.environ)
+            kw["env"] = self._sandbox_env(kw["env"])
             kw["cwd"] = str(self._scratch)
             # ipykernel's start-up notice, and anything the student's code writes to the process's own
             # stdout/stderr: not the grader's streams, which the kernel could otherwise write or read back

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from nncourse import data, grading, notebook
+from nncourse.course import Course
 from nncourse.samples import STUDENTS, STYLES
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "source" / grading.ASSIGNMENT / f"{grading.NOTEBOOK}.ipynb"
-RELEASE = grading.release_path(REPO)
+SOURCE = Course.load(REPO).notebook("source")
+RELEASE = Course.load(REPO).notebook("release")
 SEED = Path(__file__).resolve().parent / "seed" / "tutorial3_seed.ipynb.json"
 DATA_DIR = REPO / "data" / "mnist"
 
@@ -22,7 +23,7 @@ def make_course(tmp_path_factory, name, extra_config=""):
     """A fresh course folder (config, source, MNIST) with an empty gradebook and a new release."""
     root = grading.new_course(tmp_path_factory.mktemp(name), REPO, extra_config)
     data.provision(DATA_DIR)
-    os.environ["MNIST_DIR"] = str(DATA_DIR)  # grading kernels inherit it
+    os.environ["MNIST_DIR"] = str(DATA_DIR)  # the courses' nbgrader_config.py reads it
     grading.generate_release(root)
     return root
 

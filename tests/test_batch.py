@@ -9,6 +9,7 @@ import time
 import pytest
 
 from nncourse import batch, grading, notebook
+from nncourse.verdicts import REPORT_MIME
 from nncourse.samples import BY_NAME, STYLES
 
 from conftest import DATA_DIR, REPO, make_course, submit_fixtures
@@ -82,6 +83,15 @@ def test_batch_submission_records_equal_sequential_nbgrader(batch_local, course,
     assert {s: mine[s] for s in theirs} == theirs
     for student in theirs:  # nbgrader's own files for each student
         assert (batch_course / "autograded" / student / "tutorial3" / "tutorial3.ipynb").exists()
+
+
+def test_workers_decide_the_verdicts_so_reports_never_reach_the_driver(batch_local):
+    """The executions the driver keeps hold each test's verdict, decided on the worker, not the kernel's report."""
+    state = batch_local[0] / ".batch" / "tutorial3"
+    kept = {p.name.split(".")[0]: p.read_text() for p in state.glob("*.executed.ipynb")}
+    assert json.loads((state / "numpy_relu_mask_missing.outcome.json").read_text())["decided"]
+    assert "Test failed: " in kept["numpy_relu_mask_missing"]
+    assert "correct" in kept and not [s for s, text in kept.items() if REPORT_MIME in text]
 
 
 def test_broken_submissions_are_graded_with_a_reason(batch_local, source_nb):

@@ -35,7 +35,7 @@ def context(monkeypatch_module):
     monkeypatch_module.setenv("MNIST_DIR", str(DATA_DIR))
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(metadata={"nbgrader": {"grade_id": f"task{i}_train"}})
                                          for i in range(2, 6)])
-    return NoRetrain({}, nb, None)
+    return NoRetrain({}, nb, verdicts.DecideVerdicts())
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_a_wrong_or_crashing_helper_changes_which_model_is_retrained(context, tr
     if update is ascent:
         net = ref.train("MLP_Numpy", *training_set, update=ascent)
     ns = student(grad_descent_update_numpy=update, net=net)
-    recording = InProcessRetrain(ns, training_set, {}, context.nb, None)
+    recording = InProcessRetrain(ns, training_set, {}, context.nb, context.step)
     assert verdict("task2_mlp_numpy_accuracy", ns, recording).score == 1
     assert recording.asked == [("task2_mlp_numpy_accuracy", retrained_as)]
 
@@ -305,6 +305,6 @@ def test_a_missing_model_is_not_retrained(context):
     """Without a model class there is nothing to train with correct helpers: the test fails at once."""
     ns = student(MLP_Numpy=None, grad_descent_update_numpy=None)
     init = verdicts.Report(fields=probes.probe("task2_mlp_numpy_init_correct", ns, checks.inputs()))
-    recording = NoRetrain({"task2_mlp_numpy_init_correct": init}, context.nb, None)
+    recording = NoRetrain({"task2_mlp_numpy_init_correct": init}, context.nb, context.step)
     got = verdict("task2_mlp_numpy_accuracy", ns, recording)
     assert got.score == 0 and "MLP_Numpy is not defined" in got.message

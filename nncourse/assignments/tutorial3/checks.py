@@ -451,7 +451,8 @@ class Context:
 
     def __init__(self, reports, nb, step):
         self.reports, self.nb, self.step = reports, nb, step
-        self.data_dir = os.environ.get("MNIST_DIR") or str(Path.cwd() / "data" / "mnist")
+        self.data_dir = (step.config.SandboxedKernelManager.get("data_dir") or os.environ.get("MNIST_DIR")
+                         or str(Path.cwd() / "data" / "mnist"))
         self._retrained = {}
 
     def cell_failed(self, grade_id):
