@@ -17,10 +17,12 @@ each student's log.
 """
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -81,11 +83,24 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, setenv(NBGRADER_EXECUTION="autograde"):
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
+        steps = [step(config=config) for step in verdict_steps]
+        warming = threading.Thread(target=warm_up, args=(steps, resources), daemon=True)
+        warming.start()  # while the kernel runs
         nb, resources = SandboxedExecute(config=config, timeout=timeout).preprocess(nb, resources)
-        for step in verdict_steps:
-            nb, resources = step(config=config).preprocess(nb, resources)
+        warming.join()
+        for step in steps:
+            nb, resources = step.preprocess(nb, resources)
     return asdict(Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout),
                           round(time.time() - started, 1), worker, decided=bool(verdict_steps)))
+
+
+def warm_up(steps, resources):
+    """Let the verdict steps load what they need; a failure here shows again when they run."""
+    for step in steps:
+        try:
+            step.warm_up(resources)
+        except Exception:
+            pass
 
 
 def worker_data_dir(config):
@@ -183,8 +198,7 @@ class Driver:
                                 sorted((g.name, g.max_score) for g in nb.grade_cells))
         except MissingEntry:
             source = ""
-        module = self.course.checks(self.assignment)
-        folder = Path(module.__file__).parent if module else None
+        folder = self.course.checks_folder(self.assignment)
         checks = digest(sorted((p.name, p.read_text()) for p in folder.glob("*.py"))) if folder else ""
         settings = digest((self.course.root / "nbgrader_config.py").read_text())
         return {"source": source, "checks": checks, "settings": settings}
@@ -294,8 +308,9 @@ class Runner:
         if scheduler:
             from distributed import Client
             self.client = Client(scheduler)
-        elif workers > 1:
-            self.pool = ProcessPoolExecutor(max_workers=workers)
+        elif workers > 1:  # fresh processes: a forked copy of this one could inherit torch's
+            # OpenMP thread pool in a broken state (InsertProbes computes inputs with torch) and hang
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, fn, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker

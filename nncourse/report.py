@@ -1,9 +1,7 @@
 """Instructor report after a batch: one HTML page with score distributions per task and per
 written question, the tests failed most often (with their messages), and the submissions that
 could not be graded normally."""
-import base64
 import html
-import io
 import json
 from collections import Counter
 
@@ -28,28 +26,18 @@ def failure_messages(course, student, assignment=None):
     return messages
 
 
-def figure(fig):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
 def distributions(groups):
-    """Histograms of points, one panel per group: {name: (scores, max_points)}."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 2.6), squeeze=False)
-    for ax, (name, (scores, top)) in zip(axes[0], groups.items()):
-        ax.hist(scores, bins=[x - 0.5 for x in range(int(top) + 2)], color="#4c72b0", rwidth=0.85)
-        ax.set_title(f"{name} (max {top:g})", fontsize=10)
-        ax.set_xlabel("points")
-        ax.set_xlim(-0.5, top + 0.5)
-        ax.yaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].set_ylabel("students")
-    return figure(fig)
+    """Histograms of points as HTML bars (one bar per whole point), one panel per group:
+    {name: (scores, max_points)}."""
+    panels = []
+    for name, (scores, top) in groups.items():
+        counts = Counter(int(score + 0.5) for score in scores)
+        most = max(counts.values(), default=1)
+        rows = "".join(f'<tr><td>{points}</td><td><div class="bar" style="width:{160 * counts[points] / most:.0f}px">'
+                       f'</div></td><td>{counts[points]}</td></tr>' for points in range(int(top) + 1))
+        panels.append(f'<div class="histogram"><b>{html.escape(name)}</b> (max {top:g})'
+                      f'<table><tr><th>points</th><th></th><th>students</th></tr>{rows}</table></div>')
+    return f'<div class="panels">{"".join(panels)}</div>'
 
 
 def table(header, rows):
@@ -89,7 +77,9 @@ def write_report(course, assignment=None):
 
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{assignment}: grading report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px;vertical-align:top}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px;vertical-align:top}}
+.panels{{display:flex;flex-wrap:wrap;gap:1.5em}} .histogram td,.histogram th{{border:none;padding:1px 4px}}
+.bar{{background:#4c72b0;height:12px}}</style></head><body>
 <h1>{assignment}: grading report</h1>
 <p>{len(students)} submissions. Autograded points: mean {sum(auto_totals) / len(students):.1f},
 min {min(auto_totals):g}, max {max(auto_totals):g} of {sum(m for _, m in per_task.values()):g}.

@@ -7,7 +7,8 @@ An assignment is a module (see nncourse/assignments/tutorial3/checks.py) that pr
 - CHECKS: {test grade_id: Check}, each deciding one test cell from its report;
 - STAND_INS: {test grade_id: {name: source}}, definitions put in the kernel after that test
   when the student's own is missing, so that later tasks can still run;
-- context(reports, nb, grader): what checks may consult besides their own report.
+- context(reports, nb, grader): what checks may consult besides their own report;
+- optionally warm_up(grader): loads what the checks will need, while the kernel runs.
 
 The flow, as nbgrader steps (nbgrader_config.py):
 1. InsertProbes (sanitize, before the kernel starts): the set-up cell gets the probes and the
@@ -228,6 +229,13 @@ class DecideVerdicts(AssignmentStep):
     """Autograde step between execution and SaveAutoGrades: every test cell's outcome, decided here."""
     max_report_mib = Integer(16, help="Largest report one test cell may send, MiB; a larger one fails "
                                       "that test").tag(config=True)
+
+    def warm_up(self, resources):
+        """Import the assignment's checks and let them load what they will need (its optional
+        `warm_up(step)`): the batch worker runs this while the kernel runs the notebook."""
+        assignment, _ = self.assignment(resources)
+        if assignment is not None and hasattr(assignment, "warm_up"):
+            assignment.warm_up(self)
 
     def preprocess(self, nb, resources):
         assignment, _ = self.assignment(resources)
