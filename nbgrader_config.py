@@ -52,5 +52,7 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideGraderOnlyText, CSSHTMLHeader
 # `nbgrader export`: one column per graded cell, task totals and the total (nncourse/export.py).
 c.ExportApp.plugin_class = "nncourse.export.PerCellCsvExport"
 
-# The course's data (MNIST): shown read-only to grading kernels, and read by the grader's checks.
+# The course's data (MNIST): shown read-only to grading kernels as /data/mnist, named by $MNIST_DIR
+# there as in the notebook, and read by the grader's checks.
+c.SandboxedKernelManager.data_variable = "MNIST_DIR"
 c.SandboxedKernelManager.data_dir = os.environ.get("MNIST_DIR") or str(COURSE_ROOT / "data" / "mnist")

@@ -1,7 +1,8 @@
 """Benchmark of the batch grader, measured side by side in one run on this machine.
 
 - floor: the reference solution as a plain Python script (no notebook, no grading), in the
-  environment our grader gives a kernel that has the machine to itself (threads, allocator);
+  environment our grader gives a kernel that has the machine to itself (threads, allocator), and
+  with the threads each kernel of the batch gets (a bound on the batch's throughput);
 - one submission graded by `python -m nncourse grade` (autograde and report);
 - a batch of submissions graded by sequential `nbgrader autograde` in a default environment
   (nbgrader's own steps and kernel manager, glibc malloc, default threads) with the course's two
@@ -22,9 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nncourse import data, grading, kernel_env, notebook  # noqa: E402
+from nncourse import grading, kernel_env, notebook  # noqa: E402
+from nncourse.assignments.tutorial3 import data  # noqa: E402
 from nncourse.course import Course  # noqa: E402
-from nncourse.samples import STUDENTS  # noqa: E402
+from nncourse.assignments.tutorial3.samples import STUDENTS  # noqa: E402
 
 DATA_DIR = REPO / "data" / "mnist"
 GRADER_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES]
@@ -95,11 +97,18 @@ def main():
         print(f"machine: {cores} cores; jemalloc: {kernel_env.jemalloc_path() or 'not installed'}; "
               f"batch of {len(students)}; workers {args.workers}", flush=True)
 
-        env = kernel_env.kernel_environment(default_env(), DATA_DIR, threads=cores)
+        env = kernel_env.kernel_environment(default_env(), threads=cores)
         env["MPLBACKEND"] = "Agg"
         floor, _ = timed([python, floor_script(tmp / "floor.py")], tmp, env)
         print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator: {floor:.1f} s",
               flush=True)
+        threads = max(1, cores // args.workers)  # what each of our kernels gets in the batch
+        env_w = kernel_env.kernel_environment(default_env(), threads=threads)
+        env_w["MPLBACKEND"] = "Agg"
+        floor_w, _ = timed([python, floor_script(tmp / "floor.py")], tmp, env_w)
+        print(f"floor with {threads} thread(s), as each of {args.workers} batch kernels gets: {floor_w:.1f} s; "
+              f"so no batch of W = {args.workers} can take less than {floor_w / args.workers:.1f} s per "
+              f"submission", flush=True)
 
         one = make_course(tmp / "one", students[:1])
         single, _ = timed([python, "-m", "nncourse", "--course", str(one), "grade", "--force"], one, default_env())
@@ -131,6 +140,8 @@ def main():
             print(f"{len(students)} submissions, `nncourse grade --workers 1`: {solo:.1f} s; "
                   f"speed-up with {args.workers} workers: {solo / parallel:.2f}", flush=True)
 
+    print(f"throughput bound (script floor, perfect scaling): "
+          f"{sequential['with verdicts'] / len(students) / (floor_w / args.workers):.2f} x sequential nbgrader")
     print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={sequential['with verdicts'] / parallel:.2f} "
           f"throughput_vs_execution_only={sequential['execution only'] / parallel:.2f} workers={args.workers}")
 

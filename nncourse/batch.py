@@ -63,8 +63,8 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
                        verdict_steps=()):
     """Run one sanitized notebook in a sandboxed kernel, then decide its verdicts, on a worker.
 
-    Nothing comes from the driver's filesystem: the notebook arrives as an argument, MNIST is
-    this machine's own ($MNIST_DIR, or data/mnist of the checkout that ran ./setup). `threads`
+    Nothing comes from the driver's filesystem: the notebook arrives as an argument, the data
+    folder is this machine's own (see worker_data_dir). `threads`
     caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1).
     `settings` are the driver's configuration sections for these steps."""
     from nbgrader.utils import setenv
@@ -76,7 +76,8 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     if data_dir is None:
         return asdict(Outcome(student, sha, worker=worker,
                               reason=f"the course's data folder is missing on worker {worker}: "
-                                     f"run ./setup --no-demo there, or set MNIST_DIR"))
+                                     f"run ./setup --no-demo there, or set "
+                                     f"{config.SandboxedKernelManager.get('data_variable', 'DATA_DIR')}"))
     nb = nbformat.reads(notebook_json, as_version=4)
     config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
     config.SandboxedKernelManager.data_dir = str(data_dir)
@@ -105,9 +106,12 @@ def warm_up(steps, resources):
 
 def worker_data_dir(config):
     """The data folder on this machine: the driver's, if this machine has it (local workers), else
-    $MNIST_DIR or the data folder of this checkout (a Dask worker prepared with ./setup)."""
-    candidates = [config.SandboxedKernelManager.get("data_dir"), os.environ.get("MNIST_DIR"),
-                  PACKAGE_COURSE / "data" / "mnist"]
+    the one its variable names here, else the folder of that name under data/ of this checkout (a
+    Dask worker prepared with ./setup)."""
+    settings = config.SandboxedKernelManager
+    name = Path(settings.get("data_dir") or "data").name
+    candidates = [settings.get("data_dir"), os.environ.get(settings.get("data_variable", "DATA_DIR")),
+                  PACKAGE_COURSE / "data" / name]
     return next((Path(d) for d in candidates if d and Path(d).is_dir() and any(Path(d).iterdir())), None)
 
 

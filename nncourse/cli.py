@@ -7,16 +7,23 @@ from pathlib import Path
 # for IRI formats that notebook validation never checks: this command does without them.
 sys.modules.setdefault("rfc3987_syntax", None)
 
-from . import data, grading, notebook  # noqa: E402
+from . import grading, notebook  # noqa: E402
 from .course import Course  # noqa: E402
-from .samples import BY_NAME, STUDENTS  # noqa: E402
 
 COURSE = Path(__file__).resolve().parent.parent
-DEMO_STUDENTS = ["correct", "constant_batch", "numpy_relu_mask_missing", "torch_ce_mean_over_classes"]
+
+
+def provision_data(course, folder=None):
+    """The assignment's data (its data.py), provisioned into the course's data folder."""
+    data = course.material("data")
+    try:
+        return data.provision(folder or course.data_dir)
+    except data.DataError as err:
+        raise grading.GradingError(str(err)) from None
 
 
 def cmd_data(args):
-    data.provision(args.data_dir or Course.load(args.course).data_dir)
+    provision_data(Course.load(args.course), args.data_dir)
 
 
 def checked_tests(course):
@@ -36,11 +43,12 @@ def cmd_lint(args):
 
 
 def cmd_samples(args):
-    names = args.students or [s.name for s in STUDENTS]
-    unknown = [n for n in names if n not in BY_NAME]
+    samples = Course.load(args.course).material("samples")
+    names = args.students or [s.name for s in samples.STUDENTS]
+    unknown = [n for n in names if n not in samples.BY_NAME]
     if unknown:
-        sys.exit(f"unknown sample students {unknown}; choose from {sorted(BY_NAME)}")
-    written = grading.write_samples(args.course, [BY_NAME[n] for n in names])
+        sys.exit(f"unknown sample students {unknown}; choose from {sorted(samples.BY_NAME)}")
+    written = grading.write_samples(args.course, [samples.BY_NAME[n] for n in names])
     print(f"wrote {len(written)} submissions into {Course.load(args.course).folder('submitted', student='*')}")
 
 
@@ -72,14 +80,15 @@ def cmd_report(args):
 def cmd_demo(args):
     """Everything an instructor does, on sample students, in a course folder of its own
     (demo/, not tracked): the main job of the set-up. The repository's files stay as they are."""
-    data.provision(Course.load(args.course).data_dir)
+    provision_data(Course.load(args.course))
     course = Course.load(grading.new_course(args.demo_dir or Path(args.course) / "demo", args.course))
     problems = notebook.lint(notebook.read(course.notebook("source")), checked_tests(course))
     if problems:
         sys.exit("the source notebook has metadata problems:\n" + "\n".join(problems))
     print(f"release written: {grading.generate_release(course)}")
-    names = [s.name for s in STUDENTS] if args.all else DEMO_STUDENTS
-    grading.write_samples(course, [BY_NAME[n] for n in names])
+    samples = course.material("samples")
+    names = [s.name for s in samples.STUDENTS] if args.all else samples.DEMO
+    grading.write_samples(course, [samples.BY_NAME[n] for n in names])
     grade_batch(course, names)
     print(f"feedback written: {grading.generate_feedback(course)}")
     print(f"grades exported: {grading.export_grades(course)}")
@@ -96,7 +105,7 @@ def main(argv=None):
     p.add_argument("notebook", type=Path, nargs="?", help="default: the source notebook")
     p.set_defaults(run=cmd_lint)
     p = sub.add_parser("samples", help="write sample submissions (the release, filled in) into submitted/")
-    p.add_argument("students", nargs="*", help=f"default: all of {', '.join(BY_NAME)}")
+    p.add_argument("students", nargs="*", help="default: every sample student of the assignment")
     p.set_defaults(run=cmd_samples)
     p = sub.add_parser("scores", help="print autograded points per task from the gradebook")
     p.set_defaults(run=cmd_scores)
@@ -116,6 +125,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (data.DataError, grading.GradingError, FileNotFoundError, ValueError) as err:
+    except (grading.GradingError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

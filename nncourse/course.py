@@ -61,6 +61,20 @@ class Course:
         module = self.assignments.get(assignment or self.assignment)
         return load_assignment(module) if module else None
 
+    def material(self, name, assignment=None):
+        """A module of the assignment's own folder, next to its checks: `samples` (sample students),
+        `data` (provisioning of its data)."""
+        import importlib
+        module = self.assignments.get(assignment or self.assignment)
+        if not module:
+            raise ValueError(f"no checks module is configured for {assignment or self.assignment} "
+                             f"(c.AssignmentStep.assignments in {CONFIG_FILE})")
+        package = module.rpartition(".")[0]
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            raise ValueError(f"the assignment's folder has no {name}.py ({package}): {err}") from None
+
     def checks_folder(self, assignment=None):
         """The folder of the assignment's checks module (found without importing it), or None."""
         from importlib.util import find_spec
@@ -92,7 +106,8 @@ class Course:
     @property
     def data_dir(self):
         """The folder grading kernels see read-only (and the grader's checks read)."""
-        return Path(self.config.SandboxedKernelManager.get("data_dir") or os.environ.get("MNIST_DIR", ""))
+        settings = self.config.SandboxedKernelManager
+        return Path(settings.get("data_dir") or os.environ.get(settings.get("data_variable", "DATA_DIR"), ""))
 
     def log_folder(self, assignment=None):
         return self.root / "logs" / (assignment or self.assignment)

@@ -51,10 +51,11 @@ def submission_path(course, student):
     return Course.of(course).notebook("submitted", student)
 
 
-def generate_release(course):
+def generate_release(course, assignment=None):
     course = Course.of(course)
-    nbgrader(course.root, "generate_assignment", course.assignment, "--force")
-    return course.notebook("release")
+    assignment = assignment or course.assignment
+    nbgrader(course.root, "generate_assignment", assignment, "--force")
+    return course.notebook("release", assignment=assignment)
 
 
 def write_samples(course, students):

@@ -21,14 +21,12 @@ def jemalloc_path():
     return next((p for p in JEMALLOC_CANDIDATES if Path(p).exists()), None)
 
 
-def kernel_environment(environ, data_dir, threads=None):
-    """`environ` plus what grading kernels need: where MNIST is, the allocator and, when several
-    kernels share the machine, a cap on each one's threads."""
+def kernel_environment(environ, threads=None):
+    """`environ` plus what grading kernels need: the allocator and, when several kernels share
+    the machine, a cap on each one's threads."""
     env = dict(environ)
     if threads:
         env.update({name: str(threads) for name in THREAD_VARIABLES})
-    if data_dir:
-        env.setdefault("MNIST_DIR", str(data_dir))
     lib = jemalloc_path()
     if lib and lib not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), lib]))

@@ -2,7 +2,7 @@
 
 Each kernel runs in its own mount, PID, network, IPC and UTS namespaces:
 - no network at all, loopback included (its own empty network namespace);
-- a read-only view of only the system directories, the Python installation and MNIST, plus one
+- a read-only view of only the system directories, the Python installation and the course's data, plus one
   fresh writable scratch directory (its working directory) and a private folder for the sockets
   that connect it to the grader (ZeroMQ over `ipc`, since there is no shared network);
 - resource limits (rlimits): address space, processes, open files, file size, CPU time;
@@ -97,10 +97,18 @@ class SandboxedKernelManager(AsyncKernelManager):
     max_open_files = Integer(512, help="Open files (RLIMIT_NOFILE)").tag(config=True)
     max_file_mib = Integer(256, help="Largest file the kernel may write, MiB (RLIMIT_FSIZE)").tag(config=True)
     cpu_seconds = Integer(3600, help="CPU time of the kernel (RLIMIT_CPU)").tag(config=True)
-    data_dir = Unicode("", help="The course's data folder (MNIST), shown read-only to kernels as /data/mnist "
-                                "(default: $MNIST_DIR)").tag(config=True)
+    data_dir = Unicode("", help="The course's data folder, shown read-only to kernels as /data/<its name> "
+                                "(default: the folder in $<data_variable>)").tag(config=True)
+    data_variable = Unicode("DATA_DIR", help="Environment variable that tells kernels where the data "
+                                             "folder is").tag(config=True)
     threads = Integer(0, help="BLAS/OpenMP threads of each kernel, for kernels that share the machine "
                               "(0: the libraries' default)").tag(config=True)
+
+    def _data_dir(self):
+        return self.data_dir or os.environ.get(self.data_variable, "")
+
+    def _data_mount(self):
+        return f"/data/{Path(self._data_dir()).name}"
 
     def _sandbox_off(self):
         return sandbox_disabled(self.enabled)
@@ -123,7 +131,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def _sandbox_command(self, kernel_cmd):
         as_root = os.geteuid() == 0
-        data_dir = self.data_dir or os.environ.get("MNIST_DIR", "")
+        data_dir = self._data_dir()
         args = ["bwrap", "--die-with-parent", "--new-session", "--unsetenv", "JPY_PARENT_PID", "--unshare-ipc", "--unshare-pid", "--unshare-net",
                 "--unshare-uts", "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev",
                 "--size", str(64 * 1024 ** 2), "--perms", "1777", "--tmpfs", "/dev/shm",
@@ -136,7 +144,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         for root in python_roots():
             bind_with_parents(args, root)
         if data_dir and Path(data_dir).is_dir():
-            args += ["--perms", "0755", "--dir", "/data", "--ro-bind", str(Path(data_dir).resolve()), "/data/mnist"]
+            args += ["--perms", "0755", "--dir", "/data", "--ro-bind", str(Path(data_dir).resolve()),
+                     self._data_mount()]
         bind_with_parents(args, self._runtime, "--bind")
         bind_with_parents(args, self._scratch, "--bind")
         args += ["--chdir", str(self._scratch), "--"]
@@ -154,14 +163,17 @@ class SandboxedKernelManager(AsyncKernelManager):
                 "NUMEXPR_NUM_THREADS", "NBGRADER_EXECUTION", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"]
         clean = {k: env[k] for k in keep if k in env}
         scratch = str(self._scratch)
-        clean.update(HOME=scratch, TMPDIR="/tmp", PATH="/usr/local/bin:/usr/bin:/bin", MNIST_DIR="/data/mnist",
+        if self._data_dir():
+            clean[self.data_variable] = self._data_mount()
+        clean.update(HOME=scratch, TMPDIR="/tmp", PATH="/usr/local/bin:/usr/bin:/bin",
                      MPLCONFIGDIR=f"{scratch}/.matplotlib", IPYTHONDIR=f"{scratch}/.ipython",
                      JUPYTER_RUNTIME_DIR=str(self._runtime), PYTHONDONTWRITEBYTECODE="1")
         return clean
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
-        kw["env"] = kernel_env.kernel_environment(kw.get("env") or os.environ,
-                                                  self.data_dir or os.environ.get("MNIST_DIR", ""), self.threads)
+        kw["env"] = kernel_env.kernel_environment(kw.get("env") or os.environ, self.threads)
+        if self._data_dir():
+            kw["env"].setdefault(self.data_variable, self._data_dir())
         if not self._sandbox_off():
             kernel_cmd = self._sandbox_command(kernel_cmd)
             kw["env"] = self._sandbox_env(kw["env"])

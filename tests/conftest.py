@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nncourse import data, grading, notebook
+from nncourse import grading, notebook
+from nncourse.assignments.tutorial3 import data
 from nncourse.course import Course
-from nncourse.samples import STUDENTS, STYLES
+from nncourse.assignments.tutorial3.samples import STUDENTS, STYLES
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = Course.load(REPO).notebook("source")
@@ -24,7 +25,7 @@ def make_course(tmp_path_factory, name, extra_config=""):
     root = grading.new_course(tmp_path_factory.mktemp(name), REPO, extra_config)
     data.provision(DATA_DIR)
     os.environ["MNIST_DIR"] = str(DATA_DIR)  # the courses' nbgrader_config.py reads it
-    grading.generate_release(root)
+    grading.generate_release(root, Course.load(REPO).assignment)  # a test may add a second assignment
     return root
 
 

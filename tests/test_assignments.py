@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from nncourse import grading, notebook
-from nncourse.samples import BY_NAME
+from nncourse.assignments.tutorial3.samples import BY_NAME
 
 from conftest import REPO, make_course
 

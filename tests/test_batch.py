@@ -10,7 +10,7 @@ import pytest
 
 from nncourse import batch, grading, notebook
 from nncourse.verdicts import REPORT_MIME
-from nncourse.samples import BY_NAME, STYLES
+from nncourse.assignments.tutorial3.samples import BY_NAME, STYLES
 
 from conftest import DATA_DIR, REPO, make_course, submit_fixtures
 

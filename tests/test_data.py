@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from nncourse import data, notebook
+from nncourse import notebook
+from nncourse.assignments.tutorial3 import data
 
 from conftest import DATA_DIR
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from nncourse import notebook
-from nncourse.samples import STUDENTS, STYLES
+from nncourse.assignments.tutorial3.samples import STUDENTS, STYLES
 
 from conftest import SOURCE
 

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from nncourse import batch, grading, notebook
-from nncourse.samples import BY_NAME
+from nncourse.assignments.tutorial3.samples import BY_NAME
 
 from conftest import REPO, make_course, tcp_listener
 

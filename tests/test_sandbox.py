@@ -30,7 +30,9 @@ def run_cells(*sources, timeout=TIMEOUT, **config):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     os.environ["MNIST_DIR"] = str(DATA_DIR)
-    execute = sandbox.SandboxedExecute(config=Config(config), timeout=timeout)
+    config = Config(config)
+    config.SandboxedKernelManager.setdefault("data_variable", "MNIST_DIR")  # as the course's configuration
+    execute = sandbox.SandboxedExecute(config=config, timeout=timeout)
     execute.preprocess(nb, {"metadata": {"path": str(REPO)}})
     return nb
 
@@ -337,10 +339,12 @@ def test_missing_bubblewrap_stops_with_a_message_that_names_the_fix(monkeypatch)
 ORDINARY_USER_SCRIPT = """
 import json, os, sys
 import nbformat
+from traitlets.config import Config
 from nncourse import sandbox
 cells = [nbformat.v4.new_code_cell(s) for s in json.loads(sys.argv[1])]
 nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-sandbox.SandboxedExecute(timeout=30).preprocess(nb, {"metadata": {"path": os.environ["HOME"]}})
+config = Config({"SandboxedKernelManager": {"data_variable": "MNIST_DIR"}})  # as the course's configuration
+sandbox.SandboxedExecute(config=config, timeout=30).preprocess(nb, {"metadata": {"path": os.environ["HOME"]}})
 print(json.dumps([[o.get("text") or o.get("ename") for o in c.outputs] for c in nb.cells]))
 """
 

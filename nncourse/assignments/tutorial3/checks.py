@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nncourse import data
+from . import data
 from nncourse.verdicts import Check, Failed
 from . import reference as ref
 
