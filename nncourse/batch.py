@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 
@@ -51,7 +51,30 @@ class Outcome:
     reason: str = ""     # why grading was not normal: unreadable notebook, dead kernel, timeout...
     seconds: float = 0.0
     worker: str = ""
-    decided: bool = False  # the worker ran the verdict steps too
+    decided: bool = False   # the worker ran the verdict steps too
+    stand_in: bool = False  # the blank release was graded in its place, every cell failing with the reason
+
+
+@dataclass
+class Record:
+    """What grading one student gave; kept as .batch/<assignment>/<student>.json."""
+    student: str
+    sha: str
+    reason: str = ""
+    seconds: float = 0.0
+    worker: str = ""
+    decided: bool = False
+    stand_in: bool = False
+    graded: bool = False
+    grading_key: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path):
+        """The record in `path`, or None if there is none (or it is from an older version)."""
+        try:
+            return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -74,10 +97,10 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     config = Config({name: Config(values) for name, values in (settings or {}).items()})
     data_dir = worker_data_dir(config)
     if data_dir is None:
-        return asdict(Outcome(student, sha, worker=worker,
+        return Outcome(student, sha, worker=worker,
                               reason=f"the course's data folder is missing on worker {worker}: "
                                      f"run ./setup --no-demo there, or set "
-                                     f"{config.SandboxedKernelManager.get('data_variable', 'DATA_DIR')}"))
+                                     f"{config.SandboxedKernelManager.get('data_variable', 'DATA_DIR')}")
     nb = nbformat.reads(notebook_json, as_version=4)
     config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
     config.SandboxedKernelManager.data_dir = str(data_dir)
@@ -91,8 +114,8 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         warming.join()
         for step in steps:
             nb, resources = step.preprocess(nb, resources)
-    return asdict(Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout),
-                          round(time.time() - started, 1), worker, decided=bool(verdict_steps)))
+    return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
+                   worker, decided=bool(verdict_steps))
 
 
 def warm_up(steps, resources):
@@ -208,8 +231,7 @@ class Driver:
         return {"source": source, "checks": checks, "settings": settings}
 
     def graded_record(self, student):
-        path = self.state / f"{student}.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return Record.load(self.state / f"{student}.json")
 
     def sanitized(self, student):
         """(notebook JSON after nbgrader's sanitize steps, "") or ("", why it cannot run)."""
@@ -235,62 +257,62 @@ class Driver:
     def stand_in(self, outcome):
         """For a submission that could not run: the blank release in its place, every code cell
         failing with the reason, so that nbgrader records 0 for each test and keeps the reason."""
-        student = outcome["student"]
+        student = outcome.student
         folder = self.state.parent / "stand-ins" / student / self.assignment
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(self.folder(student), folder, ignore=shutil.ignore_patterns(f"{self.notebook}.ipynb"))
         release = self.course.notebook("release", assignment=self.assignment)
         shutil.copy(release, folder / f"{self.notebook}.ipynb")
         nb = self.sanitize(nbformat.read(str(release), as_version=4), student)  # outputs cleared
-        mark_unrun_cells(nb, outcome["reason"])
-        return dict(outcome, executed=nbformat.writes(nb), stand_in=True), folder.parent.parent
+        mark_unrun_cells(nb, outcome.reason)
+        return replace(outcome, executed=nbformat.writes(nb), stand_in=True, decided=False), folder.parent.parent
 
     def cached_outcome(self, student, sha):
         """The execution of this exact submission kept by an interrupted run, if any."""
         meta, executed = self.state / f"{student}.outcome.json", self.state / f"{student}.executed.ipynb"
         if not (meta.exists() and executed.exists()):
             return None
-        outcome = json.loads(meta.read_text())
-        if outcome.get("sha") != sha or outcome.get("grading_key") != self.key:
+        kept = json.loads(meta.read_text())
+        if kept.get("sha") != sha or kept.get("grading_key") != self.key:
             return None
-        return dict(outcome, executed=executed.read_text())
+        fields = {k: v for k, v in kept.items() if k in Outcome.__dataclass_fields__ and k not in ("student", "sha")}
+        return Outcome(student, sha, **dict(fields, executed=executed.read_text()))
 
     def save_outcome(self, outcome):
-        (self.state / f"{outcome['student']}.executed.ipynb").write_text(outcome["executed"])
-        (self.state / f"{outcome['student']}.outcome.json").write_text(
-            json.dumps({**{k: v for k, v in outcome.items() if k != "executed"}, "grading_key": self.key}))
+        (self.state / f"{outcome.student}.executed.ipynb").write_text(outcome.executed)
+        kept = {k: v for k, v in asdict(outcome).items() if k != "executed"}
+        (self.state / f"{outcome.student}.outcome.json").write_text(json.dumps({**kept, "grading_key": self.key}))
 
     def autograde(self, outcome, submitted_dir=None):
         """nbgrader autograde for one student, replaying the execution (and verdicts) of a worker."""
         config = Course.load(self.course.root).config  # a fresh copy, changed below
-        decided = verdict_steps(config) if outcome.get("decided") else []
+        decided = verdict_steps(config) if outcome.decided else []
         config.Autograde.autograde_preprocessors = [ReplayExecution if issubclass(s, Execute) else s
                                                     for s in autograde_steps(config, "autograde_preprocessors")
                                                     if s not in decided]
         config.ReplayExecution.executed_dir = str(self.state)
         if submitted_dir:
             config.CourseDirectory.submitted_directory = str(submitted_dir.relative_to(self.course.root))
-        return autograde_student(self.course, outcome["student"], self.assignment, config)
+        return autograde_student(self.course, outcome.student, self.assignment, config)
 
     def finish(self, outcome):
         """Write one student's grades (nbgrader autograde), log and record them."""
-        student = outcome["student"]
         submitted_dir = None
-        if not outcome["executed"] or outcome.get("stand_in"):
+        if not outcome.executed or outcome.stand_in:
             outcome, submitted_dir = self.stand_in(outcome)
         self.save_outcome(outcome)
         result = self.autograde(outcome, submitted_dir)
-        summary = {k: v for k, v in outcome.items() if k != "executed"}
-        summary["graded"] = bool(result.get("success"))
-        summary["grading_key"] = self.key
-        if not summary["graded"]:
-            summary["reason"] = "; ".join(filter(None, [summary["reason"], "nbgrader autograde failed (see log)"]))
-        (self.logs / f"{student}.log").write_text("\n".join([
-            f"student: {student}", f"worker: {outcome['worker'] or '-'}", f"seconds: {outcome['seconds']}",
-            f"reason: {summary['reason'] or 'none'}", "", result.get("log", ""), result.get("error", "") or ""]))
-        if summary["graded"]:
-            (self.state / f"{student}.json").write_text(json.dumps(summary, indent=1))
-        return summary
+        graded = bool(result.get("success"))
+        reason = outcome.reason if graded else "; ".join(filter(None, [outcome.reason,
+                                                                        "nbgrader autograde failed (see log)"]))
+        record = Record(outcome.student, outcome.sha, reason, outcome.seconds, outcome.worker, outcome.decided,
+                        outcome.stand_in, graded, self.key)
+        (self.logs / f"{record.student}.log").write_text("\n".join([
+            f"student: {record.student}", f"worker: {record.worker or '-'}", f"seconds: {record.seconds}",
+            f"reason: {record.reason or 'none'}", "", result.get("log", ""), result.get("error", "") or ""]))
+        if graded:
+            (self.state / f"{record.student}.json").write_text(json.dumps(asdict(record), indent=1))
+        return record
 
 
 class Deferred:
@@ -341,7 +363,7 @@ class Runner:
             except SandboxError:
                 raise  # no sandbox on a worker: stop, rather than grade without it
             except Exception as err:
-                yield asdict(Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}"))
+                yield Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}")
 
     def close(self):
         if self.pool:
@@ -373,10 +395,10 @@ REGRADE_REASONS = {"source": "the assignment's source in the gradebook changed (
 
 def regrade_reasons(record, sha, key):
     """Why a student needs grading ([] if their record is up to date)."""
-    if not record:
+    if record is None:
         return ["not graded yet"]
-    reasons = [] if record.get("sha") == sha else ["the submission changed"]
-    return reasons + [text for part, text in REGRADE_REASONS.items() if record.get("grading_key", {}).get(part) != key[part]]
+    reasons = [] if record.sha == sha else ["the submission changed"]
+    return reasons + [text for part, text in REGRADE_REASONS.items() if record.grading_key.get(part) != key[part]]
 
 
 def default_workers():
@@ -384,7 +406,7 @@ def default_workers():
 
 
 def grade(course, students=None, workers=None, scheduler=None, force=False, assignment=None, log=print):
-    """Grade the named students (default: every submission). Returns {student: summary}."""
+    """Grade the named students (default: every submission). Returns {student: Record}."""
     driver = Driver(course, assignment)
     names = students or driver.students()
     missing = [s for s in names if not driver.folder(s).is_dir()]
@@ -423,7 +445,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
             cached = None if force else driver.cached_outcome(student, sha)
             notebook_json, reason = ("", "") if cached else driver.sanitized(student)
             if cached or reason:
-                ready.append(cached or asdict(Outcome(student, sha, reason=reason)))
+                ready.append(cached or Outcome(student, sha, reason=reason))
             else:
                 futures[runner.submit(execute_submission, student=student, sha=sha, notebook_json=notebook_json,
                                       timeout=driver.config.Execute.get("timeout", 600), threads=threads,
@@ -431,7 +453,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
                                       settings=settings, verdict_steps=steps)] = (student, sha)
         bar = Progress(len(todo))
         for outcome in chain(ready, runner.outcomes(futures)):
-            results[outcome["student"]] = driver.finish(outcome)
+            results[outcome.student] = driver.finish(outcome)
             bar.step()
     finally:
         runner.close()

@@ -61,8 +61,8 @@ def grade_batch(course, students, workers=None, scheduler=None, force=False):
     from . import batch, report
     results = batch.grade(course, students, workers=workers, scheduler=scheduler, force=force)
     for student, result in sorted(results.items()):
-        if result.get("reason"):
-            print(f"  {student}: {result['reason']}")
+        if result.reason:
+            print(f"  {student}: {result.reason}")
     print(grading.score_table(grading.cell_scores(course)))
     print(f"logs: {Course.of(course).log_folder()}")
     print(f"report: {report.write_report(course).as_uri()}")

@@ -2,10 +2,10 @@
 written question, the tests failed most often (with their messages), and the submissions that
 could not be graded normally."""
 import html
-import json
 from collections import Counter
 
 from . import notebook
+from .batch import Record
 from .course import Course
 from .grading import cell_scores
 from .notebook import task_of
@@ -61,10 +61,11 @@ def write_report(course, assignment=None):
     graded_answers = {g: ([scores[s][g][0] for s in students if not scores[s][g][2]], scores[students[0]][g][1])
                       for g in manual}
 
-    records = [json.loads(p.read_text()) for p in sorted(course.state_folder(assignment).glob("*.json"))
+    records = [Record.load(p) for p in sorted(course.state_folder(assignment).glob("*.json"))
                if not p.name.endswith(".outcome.json")]
-    problems = [[r["student"], r["reason"], r.get("seconds", "")] for r in records if r.get("reason")]
-    ran = [s for s in students if s not in {r["student"] for r in records if r.get("stand_in")}]
+    records = [r for r in records if r]
+    problems = [[r.student, r.reason, r.seconds] for r in records if r.reason]
+    ran = [s for s in students if s not in {r.student for r in records if r.stand_in}]
     messages = {s: failure_messages(course, s, assignment) for s in ran}
     failures = Counter(g for s in ran for g in auto if scores[s][g][0] < scores[s][g][1])
     failed_rows = []

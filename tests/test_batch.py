@@ -101,13 +101,13 @@ def test_broken_submissions_are_graded_with_a_reason(batch_local, source_nb):
     def earned(student):
         return {g for g, (s, m, _) in scores[student].items() if g in tests and s == m}
 
-    assert "cannot be read" in results["corrupt_notebook"]["reason"]
-    assert "no notebook submitted" in results["missing_notebook"]["reason"]
+    assert "cannot be read" in results["corrupt_notebook"].reason
+    assert "no notebook submitted" in results["missing_notebook"].reason
     for student in ["corrupt_notebook", "missing_notebook"]:
         assert set(scores[student]) == set(scores["correct"]) and not earned(student)
-    assert "execution stopped" in results["kernel_dies"]["reason"]
+    assert "execution stopped" in results["kernel_dies"].reason
     assert earned("kernel_dies") == {"task1_random_batch_changes", "task1_random_batch_correct"}
-    assert f"longer than the {TIMEOUT} s limit" in results["endless_loop"]["reason"]
+    assert f"longer than the {TIMEOUT} s limit" in results["endless_loop"].reason
     assert set(tests) - earned("endless_loop") == {"task2_update_numpy_correct"}
     log = (course / "logs" / "tutorial3" / "kernel_dies.log").read_text()
     assert "reason: execution stopped" in log
@@ -122,7 +122,7 @@ def test_rerun_skips_unchanged_and_regrades_interrupted(batch_local):
     assert "1 to grade" in lines[0], lines
     assert grading.cell_scores(course) == scores  # nothing lost, nothing counted twice
     assert json.loads((state / "constant_batch.json").read_text())["graded"]
-    assert results["constant_batch"]["worker"]  # executed before, replayed from the kept execution
+    assert results["constant_batch"].worker  # executed before, replayed from the kept execution
 
 
 def test_regrading_one_student_alone_gives_the_same_grades(batch_local):
@@ -169,12 +169,12 @@ def test_dask_cluster_gives_the_same_gradebook(dask_cluster, batch_local, tmp_pa
     course, _ = make_batch_course(tmp_path_factory, "batch_dask")
     results = batch.grade(course, DASK_STUDENTS, scheduler=dask_cluster, workers=2)
     assert set(results) == set(DASK_STUDENTS)
-    workers = {r["worker"] for r in results.values() if r.get("worker")}
+    workers = {r.worker for r in results.values() if r.worker}
     assert len(workers) == 2, f"expected both dask workers to grade, got {workers}"
     local_scores, local_results = batch_local[2], batch_local[1]
     assert grading.cell_scores(course) == {s: local_scores[s] for s in DASK_STUDENTS}
-    assert {s: r["reason"].split(":")[0] for s, r in results.items()} == \
-        {s: local_results[s]["reason"].split(":")[0] for s in DASK_STUDENTS}
+    assert {s: r.reason.split(":")[0] for s, r in results.items()} == \
+        {s: local_results[s].reason.split(":")[0] for s in DASK_STUDENTS}
 
 
 def test_report_and_per_cell_export(batch_local, source_nb):

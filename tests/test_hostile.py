@@ -198,7 +198,7 @@ def earned(scores, student):
 
 def test_batch_completes_and_the_gradebook_is_intact(hostile):
     assert set(hostile["results"]) == set(hostile["students"])
-    assert all(r["graded"] for r in hostile["results"].values())
+    assert all(r.graded for r in hostile["results"].values())
     assert set(hostile["scores"]) == set(hostile["students"])
     correct = hostile["scores"]["correct"]
     for student, cells in hostile["scores"].items():  # every student has every graded cell, same maxima
@@ -214,7 +214,7 @@ def test_correct_submission_keeps_full_marks(hostile):
 def test_restructured_notebooks_are_restored_and_lose_nothing(hostile, student):
     """Deleted, duplicated, moved and retyped cells come back from the gradebook in place."""
     assert earned(hostile["scores"], student) == earned(hostile["scores"], "correct")
-    assert hostile["results"][student]["reason"] == ""
+    assert hostile["results"][student].reason == ""
 
 
 BLANK_ATTACKS = ["syntax_errors", "edited_tests", "endless_loop", "ignores_interrupt", "fork_bomb", "huge_memory",
@@ -235,7 +235,7 @@ def test_patching_libraries_and_printing_gain_nothing_and_cost_nothing_else(host
     assert {g for g, s in scores.items() if s != correct[g]} == {"task1_random_batch_changes",
                                                                  "task1_random_batch_correct"}
     assert scores["task1_random_batch_correct"] == 0
-    assert hostile["results"]["monkeypatch_fake"]["reason"] == ""
+    assert hostile["results"]["monkeypatch_fake"].reason == ""
     errors = outputs_of(hostile["course"], "monkeypatch_fake")
     assert "No module named 'nncourse'" in errors  # the grader's package is not in the sandbox
 
@@ -285,7 +285,7 @@ def test_printing_the_grader_shows_no_reference_and_costs_nothing(hostile):
     ("forged_huge", ""),
 ])
 def test_reason_recorded_for_the_student(hostile, student, reason):
-    recorded = hostile["results"][student]["reason"]
+    recorded = hostile["results"][student].reason
     assert reason in recorded if reason else recorded == ""
     log = (hostile["course"] / "logs" / "tutorial3" / f"{student}.log").read_text()
     assert f"reason: {recorded or 'none'}" in log
