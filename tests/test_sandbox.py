@@ -130,6 +130,16 @@ def test_environment_is_clean(monkeypatch):
     assert env["HOME"] == seen["cwd"] and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
 
 
+def test_kernel_threads_are_a_setting_of_the_kernel_manager(monkeypatch):
+    """The thread cap reaches the kernel from the kernel manager's setting; the grader's own environment stays."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    probe = "import os; print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('OPENBLAS_NUM_THREADS'))"
+    assert text(run_cells(probe, SandboxedKernelManager={"threads": 3}).cells[0]).split() == ["3", "3"]
+    assert text(run_cells(probe).cells[0]).split() == ["None", "None"]  # no setting, no cap
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 def test_nothing_of_the_kernel_is_left_afterwards(removed_folders):
     """Scratch and runtime folders held the kernel's files, then are removed; no process survives."""
     nb = run_cells(
