@@ -138,10 +138,10 @@ def build_submissions(course, port, outside):
                                               "forge(lambda test: {'y': np.random.rand((20 if test in HUGE else 1) "
                                               "* 1024 ** 2 // 8)})"),
         "forged_pickle": added(release, FORGE + "class Boom:\n    def __reduce__(self):\n"
-                                                f"        return (open, ({str(outside) + '.unpickled'!r}, 'w'))\n"
+                                                f"        return (io.open, ({str(outside) + '.unpickled'!r}, 'w'))\n"
                                                 "forge(lambda test: {'y': np.array([Boom()], dtype=object)})"),
-        "forged_nan": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), np.nan), 'grad_w1': "
-                                             "np.full((785, 7), np.nan), 'grad_w2': np.full((8, 10), np.nan)})"),
+        "forged_nan": added(release, FORGE + "forge(lambda test: {'y': np.full((6, 10), np.nan)} if 'forward' in test "
+                                             "else {'imgs': np.full((2, 40, 1), np.nan), 'lbls': np.zeros((2, 40, 1))})"),
         "duplicated_reports": added(correct, "_real = _report\n"
                                              "def _report(test):\n    _real(test)\n    _real(test)"),
         "input_transformer": added(release, "def skip_tests(lines):\n"
