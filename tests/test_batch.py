@@ -10,7 +10,7 @@ import pytest
 
 from nncourse import batch, grading, notebook
 from nncourse.verdicts import REPORT_MIME
-from nncourse.assignments.tutorial3.samples import BY_NAME, STYLES
+from nncourse.assignments.tutorial3.samples import BY_NAME, STUDENTS, STYLES
 
 from conftest import DATA_DIR, REPO, make_course, submit_fixtures
 
@@ -60,6 +60,19 @@ def test_batch_gradebook_equals_sequential_nbgrader(batch_local, graded):
     assert common <= set(scores)
     for student in sorted(common):
         assert scores[student] == graded[student], student
+
+
+def test_grades_are_the_same_without_the_grading_profile(tmp_path_factory, graded):
+    """The sample students, graded with the test set evaluated every 10 iterations as in the notebook,
+    get the grades, cell by cell, that the course's profile (every 100) gave them."""
+    course = make_course(tmp_path_factory, "no_profile", extra_config="c.GradingProfile.test_every = 0")
+    students = [s.name for s in STUDENTS[:11]]
+    grading.write_samples(course, STUDENTS[:11])
+    results = batch.grade(course, workers=2)
+    executed = notebook.read(course / ".batch" / "tutorial3" / "correct.executed.ipynb")
+    assert "iters_per_test=10)" in notebook.cells_by_id(executed)["task2_train"].source  # the profile was off
+    assert all(r.graded and not r.reason for r in results.values())
+    assert grading.cell_scores(course) == {s: graded[s] for s in students}
 
 
 @pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)

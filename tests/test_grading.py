@@ -109,6 +109,12 @@ def test_feedback_explains_failures_without_the_test_code(graded, course):
     assert "Test failed: final test accuracy of MLP_Numpy after the training above is" in text
 
 
+def test_feedback_says_the_test_set_was_evaluated_less_often(graded, course):
+    """The grading profile shows in each training cell of the feedback, in one line."""
+    text = visible_text((course / "feedback" / "correct" / "tutorial3" / "tutorial3.html").read_text())
+    assert text.count("Grading run: the test set was evaluated every 100 iterations and at the last one") == 4
+
+
 def test_export_lists_every_student(graded, course):
     import csv
     from nncourse import grading

@@ -25,6 +25,7 @@ PROBES_FILE = Path(__file__).with_name("probes.py")
 SETUP_CELL = "grader_setup"
 # Cells that train a model: left out when the grader retrains with the student's helpers.
 TRAINING_CELLS = {"task2_train", "task3_train", "task4_train", "task5_train"}
+TEST_EVERY_ARGUMENT = "iters_per_test"  # how often they evaluate the test set (grading profile)
 ACCURACY_TESTS = {"task2_mlp_numpy_accuracy": "MLP_Numpy", "task3_mlp_torch_accuracy": "MLP_Torch",
                   "task4_mlp_autograd_accuracy": "MLP_Torch_Autograd", "task5_cnn_accuracy": "CNN_Torch_Autograd"}
 INIT_TESTS = {"MLP_Numpy": "task2_mlp_numpy_init_correct", "MLP_Torch": "task3_mlp_torch_init_correct",
