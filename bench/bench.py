@@ -1,20 +1,25 @@
 """Benchmark of the batch grader, measured side by side in one run on this machine.
 
-- floor: the reference solution as a plain Python script (no notebook, no grading), in the
-  environment our grader gives a kernel that has the machine to itself (threads, allocator), and
-  with the threads each kernel of the batch gets (a bound on the batch's throughput);
+- floor: the reference solution as a plain Python script (no notebook, no grading), with the
+  course's grading profile, in the environment our grader gives a kernel that has the machine to
+  itself (threads, allocator), and with the threads each kernel of the batch gets (a bound on
+  the batch's throughput);
 - one submission graded by `python -m nncourse grade` (autograde and report);
-- a batch of submissions graded by vanilla sequential `nbgrader autograde` in a default environment
-  (nbgrader's own steps and kernel manager, glibc malloc, default threads), which executes the
-  notebook and decides nothing; by the same with the course's two verdict steps added, so that it
-  does the same grading work as ours; and by our command.
+- a batch of submissions graded by vanilla sequential `nbgrader autograde` (nbgrader's own steps
+  and kernel manager, glibc malloc, default threads, the unchanged notebook), with the course's
+  two verdict steps added so that its gradebook can be compared; and by our command, with the
+  course's configuration (its grading profile included). The two gradebooks are compared cell by cell.
 
-The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y workers=W, where Y is against vanilla
-nbgrader (its own configuration, executing the unchanged notebook, deciding nothing).
+With --breakdown, the median seconds per submission of each phase of our batch (from the records
+in .batch/): kernel start, the instructor's read-only cells (imports, loading and preprocessing
+MNIST, training), the student's cells, the test cells, the verdicts, restoring cells, autograde.
+
+The last line is: overhead_vs_floor=X throughput_vs_nbgrader=Y workers=W.
 """
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,18 +31,19 @@ sys.path.insert(0, str(REPO))
 
 from nncourse import grading, kernel_env, notebook  # noqa: E402
 from nncourse.assignments.tutorial3 import data  # noqa: E402
+from nncourse.batch import Record  # noqa: E402
 from nncourse.course import Course  # noqa: E402
+from nncourse.profile import GradingProfile  # noqa: E402
 from nncourse.assignments.tutorial3.samples import STUDENTS  # noqa: E402
 
 DATA_DIR = REPO / "data" / "mnist"
 GRADER_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES]
+# nbgrader's own steps and settings, plus the course's probes and verdicts, so that its gradebook
+# can be compared with ours; no grading profile.
 VANILLA_CONFIG = """c = get_config()
 c.CourseDirectory.course_id = "nn-tutorial3"
 c.CourseDirectory.db_url = "sqlite:///{root}/gradebook/gradebook.db"
 c.Execute.timeout = 600
-"""
-# nbgrader's own steps, plus the course's probes and verdicts: the same grading work as ours.
-WITH_VERDICTS = """
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import Execute
 from nncourse.verdicts import DecideVerdicts, InsertProbes
@@ -66,8 +72,12 @@ def default_env():
 
 
 def floor_script(path):
-    """The source notebook's own code (the full solution) as a script: no tests, no grader."""
-    cells = [c.source for c in notebook.read(Course.load(REPO).notebook("source")).cells
+    """The source notebook's own code (the full solution) as a script, with the course's grading
+    profile: no tests, no grader."""
+    course = Course.load(REPO)
+    resources = {"nbgrader": {"assignment": course.assignment}}
+    nb = GradingProfile(config=course.config).preprocess(notebook.read(course.notebook("source")), resources)[0]
+    cells = [c.source for c in nb.cells
              if c.cell_type == "code" and notebook.role(c) != "test" and notebook.meta(c).get("grade_id") != "grader_setup"]
     code = "\n\n".join(re.sub(r"^%.*$", "", source, flags=re.M) for source in cells)
     path.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + code + "\n")
@@ -86,6 +96,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="submissions in the batch (default 8)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--scaling", action="store_true", help="also grade the batch with one worker")
+    parser.add_argument("--breakdown", action="store_true", help="print where a submission's time goes")
     args = parser.parse_args()
     data.provision(DATA_DIR, log=lambda *_: None)
     cores = len(os.sched_getaffinity(0))
@@ -116,24 +127,22 @@ def main():
         print(f"one submission, `nncourse grade` (autograde + report): {single:.1f} s "
               f"= {single / floor:.2f} x floor", flush=True)
 
-        sequential = {}
-        for kind, extra in [("with verdicts", WITH_VERDICTS), ("execution only", "")]:
-            vanilla = make_course(tmp / kind.replace(" ", "_"), students)
-            course = Course.load(vanilla)
-            (vanilla / "nbgrader_config.py").write_text((VANILLA_CONFIG + extra).format(root=vanilla,
-                                                                                     assignments=course.assignments))
-            sequential[kind], _ = timed([python, "-m", "nbgrader", "autograde", course.assignment, "--force"],
-                                        vanilla, default_env())
-            print(f"{len(students)} submissions, sequential `nbgrader autograde` ({kind}), default environment: "
-                  f"{sequential[kind]:.1f} s ({sequential[kind] / len(students):.1f} s each)", flush=True)
+        vanilla = make_course(tmp / "vanilla", students)
+        course = Course.load(vanilla)
+        (vanilla / "nbgrader_config.py").write_text(VANILLA_CONFIG.format(root=vanilla, assignments=course.assignments))
+        sequential, _ = timed([python, "-m", "nbgrader", "autograde", course.assignment, "--force"],
+                              vanilla, default_env())
+        print(f"{len(students)} submissions, vanilla sequential `nbgrader autograde`, default environment: "
+              f"{sequential:.1f} s ({sequential / len(students):.1f} s each)", flush=True)
 
         ours = make_course(tmp / "ours", students)
         parallel, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force",
                              "--workers", str(args.workers)], ours, default_env())
         print(f"{len(students)} submissions, `nncourse grade --workers {args.workers}`: {parallel:.1f} s "
-              f"({parallel / len(students):.1f} s each) = {sequential['with verdicts'] / parallel:.2f} x the "
-              f"throughput of sequential nbgrader with verdicts, "
-              f"{sequential['execution only'] / parallel:.2f} x execution only", flush=True)
+              f"({parallel / len(students):.1f} s each)", flush=True)
+        print(agreement(grading.cell_scores(vanilla), grading.cell_scores(ours)), flush=True)
+        if args.breakdown:
+            print(breakdown(Course.load(ours)), flush=True)
 
         if args.scaling:
             solo, _ = timed([python, "-m", "nncourse", "--course", str(ours), "grade", "--force", "--workers", "1"],
@@ -141,12 +150,31 @@ def main():
             print(f"{len(students)} submissions, `nncourse grade --workers 1`: {solo:.1f} s; "
                   f"speed-up with {args.workers} workers: {solo / parallel:.2f}", flush=True)
 
-    vanilla, same_work = sequential["execution only"], sequential["with verdicts"]
-    print(f"throughput against sequential nbgrader doing the same grading work (with verdicts): "
-          f"{same_work / parallel:.2f}; bound on this machine (script floor, perfect scaling): "
-          f"{vanilla / len(students) / (floor_w / args.workers):.2f} against vanilla nbgrader")
-    print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={vanilla / parallel:.2f} "
+    print(f"bound on this machine (script floor with {threads} thread(s), perfect scaling over {args.workers} "
+          f"kernels): {sequential / len(students) / (floor_w / args.workers):.2f} x vanilla nbgrader")
+    print(f"overhead_vs_floor={single / floor:.2f} throughput_vs_nbgrader={sequential / parallel:.2f} "
           f"workers={args.workers}")
+
+
+def agreement(theirs, ours):
+    """Whether two gradebooks ({student: {cell: scores}}) agree cell by cell, in one line."""
+    differ = sorted(f"{s}/{g}" for s in theirs | ours for g in theirs.get(s, {}) | ours.get(s, {})
+                    if theirs.get(s, {}).get(g) != ours.get(s, {}).get(g))
+    cells = sum(len(v) for v in ours.values())
+    return (f"gradebooks agree cell by cell: {len(ours)} students, {cells} graded cells" if not differ else
+            f"GRADEBOOKS DISAGREE in {len(differ)} cells: {', '.join(differ[:10])}")
+
+
+def breakdown(course):
+    """Median seconds per submission of each phase of the last batch, largest first."""
+    paths = [p for p in course.state_folder().glob("*.json") if not p.name.endswith(".outcome.json")]
+    records = [r for r in map(Record.load, paths) if r and r.phases]
+    phases = {name for r in records for name in r.phases}
+    medians = {name: statistics.median(r.phases.get(name, 0.0) for r in records) for name in phases}
+    lines = [f"  {name:<40} {seconds:6.2f} s" for name, seconds in sorted(medians.items(), key=lambda kv: -kv[1])
+             if seconds >= 0.05]
+    return (f"breakdown of one submission in the batch (median of {len(records)}; the worker's own time, "
+            f"{statistics.median(r.seconds for r in records):.1f} s):\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

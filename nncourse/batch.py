@@ -53,6 +53,7 @@ class Outcome:
     worker: str = ""
     decided: bool = False   # the worker ran the verdict steps too
     stand_in: bool = False  # the blank release was graded in its place, every cell failing with the reason
+    phases: dict = field(default_factory=dict)  # seconds by phase (execution_phases)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Record:
     stand_in: bool = False
     graded: bool = False
     grading_key: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)  # seconds by phase, the driver's steps included
 
     @classmethod
     def load(cls, path):
@@ -110,12 +112,37 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         steps = [step(config=config) for step in verdict_steps]
         warming = threading.Thread(target=warm_up, args=(steps, resources), daemon=True)
         warming.start()  # while the kernel runs
+        executing = time.time()
         nb, resources = SandboxedExecute(config=config, timeout=timeout).preprocess(nb, resources)
+        phases = execution_phases(nb, executing, time.time())
         warming.join()
+        deciding = time.time()
         for step in steps:
             nb, resources = step.preprocess(nb, resources)
+        phases["verdicts"] = time.time() - deciding
     return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
-                   worker, decided=bool(verdict_steps))
+                   worker, decided=bool(verdict_steps), phases={k: round(v, 2) for k, v in phases.items()})
+
+
+def execution_phases(nb, started, finished):
+    """Seconds of one execution by phase, from the timestamps the kernel client keeps in each cell:
+    starting the kernel, each read-only cell by its grade_id, the student's cells, the test cells,
+    and stopping the kernel."""
+    from datetime import datetime
+    from .notebook import meta, role
+
+    def stamp(cell, key):
+        return datetime.fromisoformat(cell.metadata.execution[key].replace("Z", "+00:00")).timestamp()
+    run = [c for c in nb.cells if c.cell_type == "code" and {"iopub.status.busy", "iopub.status.idle"}
+           <= set(c.metadata.get("execution", {}))]
+    if not run:
+        return {"execution": finished - started}
+    phases = {"kernel start": stamp(run[0], "iopub.status.busy") - started}
+    for cell in run:
+        kind = {"readonly": f"cell {meta(cell).get('grade_id')}", "test": "test cells"}.get(role(cell), "student cells")
+        phases[kind] = phases.get(kind, 0.0) + stamp(cell, "iopub.status.idle") - stamp(cell, "iopub.status.busy")
+    phases["kernel stop"] = finished - stamp(run[-1], "iopub.status.idle")
+    return phases
 
 
 def warm_up(steps, resources):
@@ -196,6 +223,7 @@ class Driver:
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.key = {}  # grading_key() of this run, set by grade()
+        self.restore_seconds = {}  # student -> seconds of the sanitize steps (restoring cells)
 
     def folder(self, student):
         return self.course.folder("submitted", self.assignment, student)
@@ -243,7 +271,10 @@ class Driver:
         except Exception as err:
             return "", f"the notebook cannot be read: {type(err).__name__}: {str(err)[:200]}"
         try:
-            return nbformat.writes(self.sanitize(nb, student)), ""
+            started = time.time()
+            sanitized = nbformat.writes(self.sanitize(nb, student))
+            self.restore_seconds[student] = round(time.time() - started, 2)
+            return sanitized, ""
         except Exception as err:  # nbgrader could not restore its cells: grade the student with the reason
             return "", f"the notebook cannot be prepared for grading: {type(err).__name__}: {str(err)[:200]}"
 
@@ -301,12 +332,15 @@ class Driver:
         if not outcome.executed or outcome.stand_in:
             outcome, submitted_dir = self.stand_in(outcome)
         self.save_outcome(outcome)
+        started = time.time()
         result = self.autograde(outcome, submitted_dir)
+        phases = dict(outcome.phases, **{"restore cells": self.restore_seconds.get(outcome.student, 0.0),
+                                         "autograde and gradebook": round(time.time() - started, 2)})
         graded = bool(result.get("success"))
         reason = outcome.reason if graded else "; ".join(filter(None, [outcome.reason,
                                                                         "nbgrader autograde failed (see log)"]))
         record = Record(outcome.student, outcome.sha, reason, outcome.seconds, outcome.worker, outcome.decided,
-                        outcome.stand_in, graded, self.key)
+                        outcome.stand_in, graded, self.key, phases)
         (self.logs / f"{record.student}.log").write_text("\n".join([
             f"student: {record.student}", f"worker: {record.worker or '-'}", f"seconds: {record.seconds}",
             f"reason: {record.reason or 'none'}", "", result.get("log", ""), result.get("error", "") or ""]))
