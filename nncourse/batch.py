@@ -54,6 +54,7 @@ class Outcome:
     decided: bool = False   # the worker ran the verdict steps too
     stand_in: bool = False  # the blank release was graded in its place, every cell failing with the reason
     phases: dict = field(default_factory=dict)  # seconds by phase (execution_phases)
+    unfit: str = ""  # the worker that refused the task (no data, other versions): `reason` says why
 
 
 @dataclass
@@ -85,24 +86,28 @@ def timed_out(nb):
 
 
 def execute_submission(student, sha, notebook_json, timeout, threads, assignment, notebook_name, settings=None,
-                       verdict_steps=()):
+                       verdict_steps=(), environment=None):
     """Run one sanitized notebook in a sandboxed kernel, then decide its verdicts, on a worker.
 
     Nothing comes from the driver's filesystem: the notebook arrives as an argument, the data
     folder is this machine's own (see worker_data_dir). `threads`
     caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1).
-    `settings` are the driver's configuration sections for these steps."""
+    `settings` are the driver's configuration sections for these steps; `environment` is the
+    driver's grading_environment(): a worker that differs refuses the task (Outcome.unfit)."""
     from nbgrader.utils import setenv
 
     started = time.time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
     config = Config({name: Config(values) for name, values in (settings or {}).items()})
-    data_dir = worker_data_dir(config)
+    data_dir, problem = worker_data_dir(config), ""
     if data_dir is None:
-        return Outcome(student, sha, worker=worker,
-                              reason=f"the course's data folder is missing on worker {worker}: "
-                                     f"run ./setup --no-demo there, or set "
-                                     f"{config.SandboxedKernelManager.get('data_variable', 'DATA_DIR')}")
+        variable = config.SandboxedKernelManager.get("data_variable", "DATA_DIR")
+        problem = (f"the course's data folder is missing on worker {worker}: run ./setup --no-demo there, "
+                   f"or set {variable}" + (f" (it is {os.environ[variable]!r} there)" if variable in os.environ else ""))
+    elif environment:
+        problem = environment_difference(environment, grading_environment(assignment, config))
+    if problem:
+        return Outcome(student, sha, worker=worker, reason=problem, unfit=dask_address() or worker)
     nb = nbformat.reads(notebook_json, as_version=4)
     config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
     config.SandboxedKernelManager.data_dir = str(data_dir)
@@ -155,14 +160,63 @@ def warm_up(steps, resources):
 
 
 def worker_data_dir(config):
-    """The data folder on this machine: the driver's, if this machine has it (local workers), else
-    the one its variable names here, else the folder of that name under data/ of this checkout (a
-    Dask worker prepared with ./setup)."""
+    """The data folder on this machine: the one its own variable names, when this machine sets it
+    (None if that folder is missing or empty); else the driver's, if this machine has it (local
+    workers); else the folder of that name under data/ of this checkout (a Dask worker prepared
+    with ./setup)."""
     settings = config.SandboxedKernelManager
+    own = os.environ.get(settings.get("data_variable", "DATA_DIR"))
     name = Path(settings.get("data_dir") or "data").name
-    candidates = [settings.get("data_dir"), os.environ.get(settings.get("data_variable", "DATA_DIR")),
-                  PACKAGE_COURSE / "data" / name]
+    candidates = [own] if own else [settings.get("data_dir"), PACKAGE_COURSE / "data" / name]
     return next((Path(d) for d in candidates if d and Path(d).is_dir() and any(Path(d).iterdir())), None)
+
+
+GRADING_PACKAGES = ("nbgrader", "nbclient", "jupyter_client", "ipykernel", "numpy", "torch", "torchvision")
+
+
+def package_versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+    return {name: installed(name) for name in GRADING_PACKAGES}
+
+
+def grading_environment(assignment, config):
+    """What must be the same on the driver and every worker: the packages that run and grade the
+    notebook, and the assignment's checks and reference."""
+    from .verdicts import AssignmentStep
+    module = AssignmentStep(config=config).assignments.get(assignment)
+    return {**package_versions(), "checks": checks_digest(module) if module else ""}
+
+
+def environment_difference(driver, worker):
+    """Why a worker with `worker` environment may not grade for a driver with `driver`'s, or ""."""
+    differ = [f"{k} {worker.get(k, 'missing')} here, {v} on the driver" for k, v in sorted(driver.items())
+              if worker.get(k) != v]
+    return f"this worker differs from the driver: {'; '.join(differ)}" if differ else ""
+
+
+def checks_digest(module):
+    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
+    from importlib.util import find_spec
+    spec = find_spec(module)
+    if not spec or not spec.origin:
+        return ""
+    parts = sorted((p.name, p.read_text()) for p in Path(spec.origin).parent.glob("*.py"))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def dask_address():
+    """The address of the Dask worker running this task, or "" outside Dask."""
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
 
 
 def why_not_normal(nb, timeout):
@@ -253,8 +307,8 @@ class Driver:
                                 sorted((g.name, g.max_score) for g in nb.grade_cells))
         except MissingEntry:
             source = ""
-        folder = self.course.checks_folder(self.assignment)
-        checks = digest(sorted((p.name, p.read_text()) for p in folder.glob("*.py"))) if folder else ""
+        module = self.course.assignments.get(self.assignment)
+        checks = checks_digest(module) if module else ""
         settings = digest((self.course.root / "nbgrader_config.py").read_text())
         return {"source": source, "checks": checks, "settings": settings}
 
@@ -327,7 +381,12 @@ class Driver:
         return autograde_student(self.course, outcome.student, self.assignment, config)
 
     def finish(self, outcome):
-        """Write one student's grades (nbgrader autograde), log and record them."""
+        """Write one student's grades (nbgrader autograde), log and record them. A submission that
+        no worker could grade (Outcome.unfit) is logged, not graded: the next run grades it."""
+        if outcome.unfit:
+            record = Record(outcome.student, outcome.sha, outcome.reason, worker=outcome.worker)
+            (self.logs / f"{record.student}.log").write_text(f"student: {record.student}\nnot graded: {record.reason}\n")
+            return record
         submitted_dir = None
         if not outcome.executed or outcome.stand_in:
             outcome, submitted_dir = self.stand_in(outcome)
@@ -363,8 +422,9 @@ class Runner:
     """Runs worker tasks on a Dask cluster (given its scheduler's address), on local processes,
     or, for one at a time, in this process."""
 
-    def __init__(self, workers, scheduler=None):
+    def __init__(self, workers, scheduler=None, log=print):
         self.client = self.pool = None
+        self.calls, self.log = {}, log  # task -> (fn, kwargs), to send it elsewhere
         if scheduler:
             from distributed import Client
             self.client = Client(scheduler)
@@ -372,32 +432,59 @@ class Runner:
             # OpenMP thread pool in a broken state (InsertProbes computes inputs with torch) and hang
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def submit(self, fn, **kwargs):
+    def submit(self, fn, _workers=None, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker
-            return self.client.submit(fn, **kwargs, pure=False, retries=2)
-        if self.pool:
-            return self.pool.submit(fn, **kwargs)
-        return Deferred(fn, kwargs)
+            task = self.client.submit(fn, **kwargs, pure=False, retries=2, workers=_workers)
+        elif self.pool:
+            task = self.pool.submit(fn, **kwargs)
+        else:
+            task = Deferred(fn, kwargs)
+        self.calls[task] = (fn, kwargs)
+        return task
 
     def finished(self, tasks):
         if self.client:
             from distributed import as_completed as dask_as_completed
-            yield from dask_as_completed(list(tasks))
-        elif self.pool:
-            yield from as_completed(tasks)
-        else:
-            yield from tasks
+            return dask_as_completed(list(tasks))
+        if self.pool:
+            return as_completed(list(tasks))
+        return iter(list(tasks))
+
+    def elsewhere(self, task, refused):
+        """The task again, on a Dask worker not in `refused`; None if there is none."""
+        if not self.client:
+            return None  # local workers share this machine: they would all refuse
+        others = [w for w in self.client.scheduler_info()["workers"] if w not in refused]
+        if not others:
+            return None
+        fn, kwargs = self.calls[task]
+        return self.submit(fn, _workers=others, **kwargs)
 
     def outcomes(self, tasks):
-        """Outcomes as tasks finish; a task that fails as a whole becomes an outcome with its reason."""
-        for future in self.finished(tasks):
-            student, sha = tasks[future]
+        """Outcomes as tasks finish. A task that fails as a whole becomes an outcome with its
+        reason; a task that a worker refused (Outcome.unfit) goes to another worker, if any."""
+        tasks, refused = dict(tasks), {}
+        finished = self.finished(tasks)
+        for task in finished:
+            student, sha = tasks[task]
             try:
-                yield future.result()
+                outcome = task.result()
             except SandboxError:
                 raise  # no sandbox on a worker: stop, rather than grade without it
             except Exception as err:
-                yield Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}")
+                outcome = Outcome(student, sha, reason=f"the grading task failed: {type(err).__name__}: {err}")
+            if outcome.unfit:
+                refused.setdefault(student, {})[outcome.unfit] = outcome.reason
+                again = self.elsewhere(task, refused[student])
+                self.log(f"  {student}: refused by worker {outcome.unfit} ({outcome.reason}); "
+                         + ("sent to another worker" if again else "no other worker: not graded"))
+                if again:
+                    tasks[again] = (student, sha)
+                    finished.add(again)
+                    continue
+                outcome = replace(outcome, reason="no worker could grade it: " + "; ".join(
+                    f"{w}: {why}" for w, why in refused[student].items()))
+            yield outcome
 
     def close(self):
         if self.pool:
@@ -472,7 +559,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     settings = worker_settings(driver.config, steps)
     if not scheduler:
         check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
-    runner = Runner(workers, scheduler)
+    runner = Runner(workers, scheduler, log=log)
+    environment = grading_environment(driver.assignment, driver.config)
     try:
         ready, futures = [], {}
         for student, sha in todo:
@@ -484,7 +572,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
                 futures[runner.submit(execute_submission, student=student, sha=sha, notebook_json=notebook_json,
                                       timeout=driver.config.Execute.get("timeout", 600), threads=threads,
                                       assignment=driver.assignment, notebook_name=driver.notebook,
-                                      settings=settings, verdict_steps=steps)] = (student, sha)
+                                      settings=settings, verdict_steps=steps,
+                                      environment=environment)] = (student, sha)
         bar = Progress(len(todo))
         for outcome in chain(ready, runner.outcomes(futures)):
             results[outcome.student] = driver.finish(outcome)

@@ -62,8 +62,11 @@ def grade_batch(course, students, workers=None, scheduler=None, force=False):
     results = batch.grade(course, students, workers=workers, scheduler=scheduler, force=force)
     for student, result in sorted(results.items()):
         if result.reason:
-            print(f"  {student}: {result.reason}")
+            print(f"  {student}: {'' if result.graded else 'NOT GRADED: '}{result.reason}")
     print(grading.score_table(grading.cell_scores(course)))
+    missed = sorted(s for s, r in results.items() if not r.graded)
+    if missed:
+        print(f"{len(missed)} not graded (fix the reason above, then run this command again): {', '.join(missed)}")
     print(f"logs: {Course.of(course).log_folder()}")
     print(f"report: {report.write_report(course).as_uri()}")
 

@@ -75,13 +75,6 @@ class Course:
         except ModuleNotFoundError as err:
             raise ValueError(f"the assignment's folder has no {name}.py ({package}): {err}") from None
 
-    def checks_folder(self, assignment=None):
-        """The folder of the assignment's checks module (found without importing it), or None."""
-        from importlib.util import find_spec
-        module = self.assignments.get(assignment or self.assignment)
-        spec = find_spec(module) if module else None
-        return Path(spec.origin).parent if spec and spec.origin else None
-
     def folder(self, step, assignment=None, student="."):
         """nbgrader's folder for `step` (source, release, submitted, autograded, feedback)."""
         step_folder = getattr(self.directory, f"{step}_directory")

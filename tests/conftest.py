@@ -79,6 +79,43 @@ def tcp_listener():
     server.close()
 
 
+@contextlib.contextmanager
+def local_dask(folder, workers):
+    """A real `dask scheduler` and one `dask worker` per entry of `workers` (extra environment
+    variables for it) on 127.0.0.1, each in its own process group, run in `folder`: they never see
+    the course folder and get each notebook from the driver. Yields the scheduler's address."""
+    import json
+    import subprocess
+    import sys
+    import time
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    env = dict(os.environ, PYTHONPATH=str(REPO), MNIST_DIR=str(DATA_DIR))
+    scheduler_file = folder / "scheduler.json"
+    common = dict(cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "dask.log", "w"), start_new_session=True)
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], env=env, **common)]
+    try:
+        for _ in range(60):
+            if scheduler_file.exists():
+                break
+            time.sleep(0.5)
+        for extra in workers:
+            procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                           "--no-dashboard", "--memory-limit", "0", "--host", "127.0.0.1"],
+                                          env=dict(env, **extra), **common))
+        address = json.loads(scheduler_file.read_text())["address"]
+        from distributed import Client
+        with Client(address) as client:
+            client.wait_for_workers(len(workers), timeout=120)
+        yield address
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
 @pytest.fixture
 def listener():
     with tcp_listener() as port_and_accepted:

@@ -1,9 +1,6 @@
 """Parallel batch grading: same gradebook as sequential nbgrader, locally and on a Dask cluster;
 broken submissions are graded with a reason; reruns are idempotent."""
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +9,7 @@ from nncourse import batch, grading, notebook
 from nncourse.verdicts import REPORT_MIME
 from nncourse.assignments.tutorial3.samples import BY_NAME, STUDENTS, STYLES
 
-from conftest import DATA_DIR, REPO, make_course, submit_fixtures
+from conftest import local_dask, make_course, submit_fixtures
 
 TIMEOUT = 60  # per cell in these courses, so that the endless loop below is stopped soon
 
@@ -148,31 +145,9 @@ def test_regrading_one_student_alone_gives_the_same_grades(batch_local):
 
 @pytest.fixture(scope="session")
 def dask_cluster(tmp_path_factory):
-    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1. The workers run in
-    their own folder and never see the course folder: they get each notebook from the driver."""
-    folder = tmp_path_factory.mktemp("dask")
-    dask = os.path.join(os.path.dirname(sys.executable), "dask")
-    env = dict(os.environ, PYTHONPATH=str(REPO), MNIST_DIR=str(DATA_DIR))
-    scheduler_file = folder / "scheduler.json"
-    common = dict(cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "dask.log", "w"))
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(scheduler_file)], **common)]
-    for _ in range(30):
-        if scheduler_file.exists():
-            break
-        time.sleep(1)
-    for _ in range(2):
-        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                       "--no-dashboard", "--memory-limit", "0", "--host", "127.0.0.1"], **common))
-    address = json.loads(scheduler_file.read_text())["address"]
-    from distributed import Client
-    with Client(address) as client:
-        client.wait_for_workers(2, timeout=120)
-    yield address
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(timeout=30)
+    """A Dask scheduler and two workers on 127.0.0.1."""
+    with local_dask(tmp_path_factory.mktemp("dask"), [{}, {}]) as address:
+        yield address
 
 
 # Grading every fixture a third time would take the suite past 30 minutes on 2 cores.
