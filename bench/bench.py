@@ -44,6 +44,7 @@ VANILLA_CONFIG = """c = get_config()
 c.CourseDirectory.course_id = "nn-tutorial3"
 c.CourseDirectory.db_url = "sqlite:///{root}/gradebook/gradebook.db"
 c.Execute.timeout = 600
+c.SandboxedKernelManager.data_variable = "MNIST_DIR"  # how the verdict steps' retraining kernel finds MNIST
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import Execute
 from nncourse.verdicts import DecideVerdicts, InsertProbes
