@@ -98,7 +98,7 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
 
     started = time.time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
-    config = Config({name: Config(values) for name, values in (settings or {}).items()})
+    config = settings_config(settings)
     data_dir, problem = worker_data_dir(config), ""
     if data_dir is None:
         variable = config.SandboxedKernelManager.get("data_variable", "DATA_DIR")
@@ -256,6 +256,11 @@ def verdict_steps(config):
     """The configured autograde steps that decide verdicts: run on the worker, after execution."""
     return [s for s in autograde_steps(config, "autograde_preprocessors")
             if isinstance(s, type) and issubclass(s, DecideVerdicts)]
+
+
+def settings_config(settings):
+    """A traitlets Config from worker_settings()."""
+    return Config({name: Config(values) for name, values in (settings or {}).items()})
 
 
 def worker_settings(config, steps):
@@ -560,7 +565,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     if not scheduler:
         check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
     runner = Runner(workers, scheduler, log=log)
-    environment = grading_environment(driver.assignment, driver.config)
+    # computed from the settings the workers get, as each worker computes its own
+    environment = grading_environment(driver.assignment, settings_config(settings))
     try:
         ready, futures = [], {}
         for student, sha in todo:
