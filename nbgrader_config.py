@@ -39,8 +39,8 @@ c.Autograde.sanitize_preprocessors = [
     ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, InsertProbes, GradingProfile, CheckCellMetadata,
 ]
 # Grading profile (nncourse/profile.py): in grading runs the locked training cells evaluate the test set
-# every 100 iterations and at the last one, not every 10. Grades are the same; grading is ~4x faster.
-# Students' own runs are unchanged. 0 turns it off.
+# every 100 iterations and at the last one, not every 10. Grades are the same, grading is faster
+# (docs/benchmark.md). Students' own runs are unchanged. 0 turns it off.
 c.GradingProfile.test_every = 100
 c.Autograde.autograde_preprocessors = [
     SandboxedExecute, DecideVerdicts, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,

@@ -171,10 +171,11 @@ def worker_data_dir(config):
     return next((Path(d) for d in candidates if d and Path(d).is_dir() and any(Path(d).iterdir())), None)
 
 
-GRADING_PACKAGES = ("nbgrader", "nbclient", "jupyter_client", "ipykernel", "numpy", "torch", "torchvision")
+# What runs and grades any notebook; an assignment's checks module adds its own (PACKAGES).
+GRADING_PACKAGES = ("nbgrader", "nbclient", "jupyter_client", "ipykernel")
 
 
-def package_versions():
+def package_versions(names):
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name):
@@ -182,15 +183,16 @@ def package_versions():
             return version(name)
         except PackageNotFoundError:
             return "not installed"
-    return {name: installed(name) for name in GRADING_PACKAGES}
+    return {name: installed(name) for name in names}
 
 
 def grading_environment(assignment, config):
     """What must be the same on the driver and every worker: the packages that run and grade the
     notebook, and the assignment's checks and reference."""
-    from .verdicts import AssignmentStep
+    from .verdicts import AssignmentStep, load_assignment
     module = AssignmentStep(config=config).assignments.get(assignment)
-    return {**package_versions(), "checks": checks_digest(module) if module else ""}
+    extra = tuple(getattr(load_assignment(module), "PACKAGES", ())) if module else ()
+    return {**package_versions(GRADING_PACKAGES + extra), "checks": checks_digest(module) if module else ""}
 
 
 def environment_difference(driver, worker):

@@ -8,7 +8,8 @@ An assignment is a module (see nncourse/assignments/tutorial3/checks.py) that pr
 - STAND_INS: {test grade_id: {name: source}}, definitions put in the kernel after that test
   when the student's own is missing, so that later tasks can still run;
 - context(reports, nb, grader): what checks may consult besides their own report;
-- optionally warm_up(grader): loads what the checks will need, while the kernel runs.
+- optionally warm_up(grader): loads what the checks will need, while the kernel runs;
+- optionally PACKAGES: packages whose versions every batch worker must share with the driver.
 
 The flow, as nbgrader steps (nbgrader_config.py):
 1. InsertProbes (sanitize, before the kernel starts): the set-up cell gets the probes and the

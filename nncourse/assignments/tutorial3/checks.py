@@ -23,6 +23,7 @@ from . import reference as ref
 
 PROBES_FILE = Path(__file__).with_name("probes.py")
 SETUP_CELL = "grader_setup"
+PACKAGES = ("numpy", "torch", "torchvision")  # a worker with other versions refuses to grade (batch.py)
 # Cells that train a model: left out when the grader retrains with the student's helpers.
 TRAINING_CELLS = {"task2_train", "task3_train", "task4_train", "task5_train"}
 TEST_EVERY_ARGUMENT = "iters_per_test"  # how often they evaluate the test set (grading profile)
