@@ -284,3 +284,10 @@ STYLES = [
 
 BY_NAME = {s.name: s for s in STUDENTS + STYLES}
 DEMO = ["correct", "constant_batch", "numpy_relu_mask_missing", "torch_ce_mean_over_classes"]  # the main job's four
+
+
+def working_on(tasks):
+    """A student part-way through: only `tasks` ({"task2", ...}) done, every other blank as released."""
+    left = {cell: {blank: blank for blank, _ in blanks} for cell, blanks in CORRECT.items()
+            if notebook.task_of(cell) not in tasks}
+    return Student("done_" + "_".join(sorted(tasks)) if tasks else "blank", f"only {sorted(tasks)} done", left)
