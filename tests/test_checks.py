@@ -308,3 +308,18 @@ def test_a_missing_model_is_not_retrained(context):
     recording = NoRetrain({"task2_mlp_numpy_init_correct": init}, context.nb, context.step)
     got = verdict("task2_mlp_numpy_accuracy", ns, recording)
     assert got.score == 0 and "MLP_Numpy is not defined" in got.message
+
+
+def test_retraining_runs_only_what_was_defined_when_the_model_trained():
+    """A Bonus after Task 5 that redefines a helper plays no part when Task 4's model is retrained."""
+    from nncourse import notebook
+    from nncourse.assignments.tutorial3.retrain import retrain_notebook
+    from nncourse.assignments.tutorial3.samples import BONUS_CELL, BY_NAME
+    from conftest import RELEASE
+    nb = BY_NAME["style_bonus_cnn"].notebook(notebook.read(RELEASE))
+    sources = [c.source for c in retrain_notebook(nb, "MLP_Torch_Autograd", student_model=False).cells[:-1]]
+    assert any("def grad_descent_update_autograd" in s for s in sources)  # Task 4's helpers are there
+    assert not any("class CNN_Torch_Autograd" in s for s in sources)  # Task 5 came later
+    assert BONUS_CELL not in sources
+    cnn = [c.source for c in retrain_notebook(nb, "CNN_Torch_Autograd", student_model=False).cells[:-1]]
+    assert any("class CNN_Torch_Autograd" in s for s in cnn) and BONUS_CELL not in cnn

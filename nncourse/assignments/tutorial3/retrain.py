@@ -44,9 +44,14 @@ _retrain({model!r}, {student_model!r}, {source!r}, {mime!r})
 
 
 def retrain_notebook(nb, model_name, student_model):
-    """The student's notebook without tests, set-up and training cells, then the retraining."""
-    from .checks import SETUP_CELL, TRAINING_CELLS
-    keep = [nbformat.v4.new_code_cell(c.source) for c in nb.cells if c.cell_type == "code"
+    """The student's notebook up to the model's accuracy test (what was defined when the model
+    trained: later cells, such as a Bonus, play no part), without tests, set-up and training
+    cells, then the retraining."""
+    from .checks import ACCURACY_TESTS, SETUP_CELL, TRAINING_CELLS
+    grade_ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    test = next(t for t, model in ACCURACY_TESTS.items() if model == model_name)
+    before = nb.cells[:grade_ids.index(test)] if test in grade_ids else nb.cells
+    keep = [nbformat.v4.new_code_cell(c.source) for c in before if c.cell_type == "code"
             and not c.metadata.get("nbgrader", {}).get("grade")
             and c.metadata.get("nbgrader", {}).get("grade_id") not in TRAINING_CELLS | {SETUP_CELL}]
     keep.append(nbformat.v4.new_code_cell(RETRAIN_CELL.format(

@@ -282,6 +282,29 @@ STYLES = [
                                            "    indices = rng.randint(low=0, high=n_samples, size=batch_size, dtype='int32')"}}),
 ]
 
+BONUS_CELL = '''class CNN_Deeper(CNN_Torch_Autograd):
+    """Bonus: a second conv/pool stage before the classifier."""
+    def __init__(self, rng):
+        CNN_Torch_Autograd.__init__(self, rng)
+        w1, b1, _, b2 = self.params
+        more = [rng.normal(0, 0.01, size=(20, 10, 5, 5)), np.zeros(20), rng.normal(0, 0.01, size=(320, 10))]
+        self.params = [w1, b1] + [torch.tensor(p, dtype=torch.float, requires_grad=True) for p in more] + [b2]
+
+    def forward_pass(self, batch_imgs):
+        w1, b1, w3, b3, w2, b2 = self.params
+        x = torch.tensor(batch_imgs, dtype=torch.float)
+        h = F.max_pool2d(F.conv2d(x, w1, b1).clamp(min=0), 2)  # 24x24, pooled to 12x12
+        h = F.max_pool2d(F.conv2d(h, w3, b3).clamp(min=0), 2)  # 8x8, pooled to 4x4
+        return torch.softmax(h.reshape(h.shape[0], -1).mm(w2) + b2, dim=1)
+
+
+rng = np.random.RandomState(seed=SEED)
+net = CNN_Deeper(rng=rng)
+gradient_descent(net, cross_entropy_torch, grad_descent_update_autograd, rng, train_imgs_cnn, train_lbls_onehot,
+                 test_imgs_cnn, test_lbls_onehot, batch_size=40, learning_rate=1e-2, total_iters=30, iters_per_test=100)'''
+STYLES.append(Student("style_bonus_cnn", "the Bonus: a deeper CNN in a new class, trained into `net` and `rng` again",
+                      added=[("task5_why_1440", BONUS_CELL)]))
+
 BY_NAME = {s.name: s for s in STUDENTS + STYLES}
 DEMO = ["correct", "constant_batch", "numpy_relu_mask_missing", "torch_ce_mean_over_classes"]  # the main job's four
 
