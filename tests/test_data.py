@@ -92,4 +92,7 @@ def test_notebook_says_how_to_get_missing_data(source_nb, tmp_path):
     result = run_data_cells(source_nb, tmp_path, {"MNIST_DIR": str(tmp_path / "nothing-here"),
                                                   "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
     assert result.returncode != 0
-    assert "MNIST is not in" in result.stderr and "set MNIST_DIR" in result.stderr
+    assert f"MNIST was not found: MNIST_DIR is '{tmp_path / 'nothing-here'}'" in result.stderr
+    here = tmp_path / "data" / "mnist"  # where the download was tried
+    assert f"MNIST is not in {here} and could not be downloaded" in result.stderr
+    assert f"into {here}, or write the folder that holds MNIST/raw into my_mnist_dir" in result.stderr
