@@ -37,7 +37,7 @@ from traitlets.config import Config
 from .course import Course
 from .grading import autograde_student
 from .sandbox import SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox, mark_unrun_cells
-from .verdicts import DecideVerdicts
+from .verdicts import DecideVerdicts, checks_digest
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
 
@@ -200,16 +200,6 @@ def environment_difference(driver, worker):
     differ = [f"{k} {worker.get(k, 'missing')} here, {v} on the driver" for k, v in sorted(driver.items())
               if worker.get(k) != v]
     return f"this worker differs from the driver: {'; '.join(differ)}" if differ else ""
-
-
-def checks_digest(module):
-    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
-    from importlib.util import find_spec
-    spec = find_spec(module)
-    if not spec or not spec.origin:
-        return ""
-    parts = sorted((p.name, p.read_text()) for p in Path(spec.origin).parent.glob("*.py"))
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def dask_address():

@@ -99,8 +99,8 @@ class Course:
     @property
     def data_dir(self):
         """The folder grading kernels see read-only (and the grader's checks read)."""
-        settings = self.config.SandboxedKernelManager
-        return Path(settings.get("data_dir") or os.environ.get(settings.get("data_variable", "DATA_DIR"), ""))
+        from .sandbox import configured_data_dir
+        return Path(configured_data_dir(self.config))
 
     def log_folder(self, assignment=None):
         return self.root / "logs" / (assignment or self.assignment)

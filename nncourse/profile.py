@@ -1,21 +1,47 @@
-"""The grading profile: in grading runs, the instructor's locked training cells evaluate the test
-set less often than in the student's own runs. Training never depends on that evaluation, and the
-grader computes each final accuracy itself from the reported parameters, so grades are unchanged;
-only the time goes down.
+"""The grading profile: in grading runs, the instructor's locked cells skip work whose result the
+grader does not need or already has. Grades are unchanged; only the time goes down.
 
-The assignment's checks module names the cells and their argument:
+- Test-set evaluations: the locked training cells evaluate the test set less often. Training
+  never depends on that evaluation, and the grader computes each final accuracy itself from the
+  reported parameters.
+- Prepared data: arrays that locked cells compute from the course's data alone (e.g. normalised
+  images) are computed once per machine by the grader, saved in the data folder, and read there
+  by those cells (copy-on-write, so the notebook may still change them). A cell whose copy is
+  missing computes the array itself, as in the student's own run.
+
+The assignment's checks module names what the profile may change:
 - TRAINING_CELLS: grade_ids of the locked cells that train a model;
 - TEST_EVERY_ARGUMENT: the keyword argument of the call in those cells that sets how often the
-  test set is evaluated (an integer literal).
+  test set is evaluated (an integer literal);
+- PREPARED: {grade_id: [statements `name = expression`]} of locked cells, and
+  prepare(data_dir) -> {name: array}: the same arrays, computed by the grader.
 """
 import ast
+import hashlib
+import importlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
 
-from traitlets import Integer
+from traitlets import Bool, Integer
 
-from .verdicts import AssignmentStep
+from .verdicts import AssignmentStep, checks_digest
 
 NOTE = ("# Grading run: the test set was evaluated every {every} iterations and at the last one "
         "(every {was} in the notebook), to grade faster. Your results are the same.\n")
+PREPARED_NOTE = ("# Grading run: {names} read from the grader's copy, computed once per machine from the same\n"
+                 "# data by the same steps (the same values), to grade faster.\n")
+LOADER = '''def _graders_copy(name, compute):
+    import os, numpy
+    path = os.path.join(os.environ.get({variable}, ""), {folder}, name + ".npy")
+    return numpy.asarray(numpy.load(path, mmap_mode="c")) if os.path.isfile(path) else compute()
+
+
+'''
+PREPARED_FOLDER = ".prepared"  # in the data folder
 
 
 def set_keyword(source, keyword, value):
@@ -32,27 +58,108 @@ def set_keyword(source, keyword, value):
     return "".join(lines), node.value
 
 
+def read_prepared(source, statements, variable, folder):
+    """`source` with each of `statements` (`name = expression`, a whole line) reading `name` from
+    the grader's copy in `folder` of the data folder, computing it as before if there is none.
+    ValueError if a statement is not a line of `source` or not a simple assignment."""
+    lines = source.splitlines(keepends=True)
+    names = []
+    for statement in statements:
+        tree = ast.parse(statement).body
+        if len(tree) != 1 or not isinstance(tree[0], ast.Assign) or not isinstance(tree[0].targets[0], ast.Name):
+            raise ValueError(f"{statement!r} is not `name = expression`")
+        at = [i for i, line in enumerate(lines) if line.strip() == statement]
+        if len(at) != 1:
+            raise ValueError(f"expected the line {statement!r} once, found it {len(at)} times")
+        name, expression = tree[0].targets[0].id, ast.get_source_segment(statement, tree[0].value)
+        line = lines[at[0]]
+        indent = line[:len(line) - len(line.lstrip())]
+        lines[at[0]] = f"{indent}{name} = _graders_copy({json.dumps(name)}, lambda: {expression})\n"
+        names.append(name)
+    header = PREPARED_NOTE.format(names=", ".join(names) + (" are" if len(names) > 1 else " is"))
+    return header + LOADER.format(variable=json.dumps(variable), folder=json.dumps(folder)) + "".join(lines)
+
+
+def prepared_key(module, prepared):
+    """Names the prepared arrays after what they are computed from (the cells' statements, the
+    assignment's files, numpy's version): a change in any of them prepares them anew."""
+    from importlib.metadata import version
+    return hashlib.sha256(json.dumps([prepared, checks_digest(module), version("numpy")]).encode()).hexdigest()[:16]
+
+
 class GradingProfile(AssignmentStep):
-    """Sanitize step (after RestoreCells has put back the instructor's locked cells): in the
-    assignment's training cells, the test set is evaluated every `test_every` iterations."""
+    """Sanitize step (after RestoreCells has put back the instructor's locked cells)."""
     test_every = Integer(0, help="In grading runs, the locked training cells evaluate the test set every "
                                  "this many iterations (and at the last one) instead of the notebook's own "
                                  "value; grades do not change. 0 keeps the notebook's value. Students' own "
                                  "runs are not affected.").tag(config=True)
+    prepared_data = Bool(False, help="In grading runs, the locked cells the assignment lists in PREPARED read "
+                                     "their arrays from a copy the grader computes once per machine in the "
+                                     "data folder, instead of computing them; grades do not change. Students' "
+                                     "own runs are not affected.").tag(config=True)
 
     def preprocess(self, nb, resources):
-        assignment, _ = self.assignment(resources)
-        if not self.test_every or assignment is None or not hasattr(assignment, "TEST_EVERY_ARGUMENT"):
+        assignment, module = self.assignment(resources)
+        if assignment is None:
             return nb, resources
-        for cell in nb.cells:
-            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if cell.cell_type != "code" or grade_id not in assignment.TRAINING_CELLS:
-                continue
+        if self.test_every and hasattr(assignment, "TEST_EVERY_ARGUMENT"):
+            self.profile_training(nb, assignment)
+        if self.prepared_data and getattr(assignment, "PREPARED", None):
+            self.profile_prepared(nb, assignment, module)
+        return nb, resources
+
+    def cells(self, nb, grade_ids):
+        return [(c.metadata.nbgrader["grade_id"], c) for c in nb.cells if c.cell_type == "code"
+                and c.metadata.get("nbgrader", {}).get("grade_id") in grade_ids]
+
+    def cannot(self, assignment, grade_id, err, names, setting):
+        return ValueError(f"grading profile: cell {grade_id!r} cannot be changed ({err}); fix {names} in "
+                          f"{assignment.__name__}, or set c.GradingProfile.{setting}")
+
+    def profile_training(self, nb, assignment):
+        for grade_id, cell in self.cells(nb, assignment.TRAINING_CELLS):
             try:
                 source, was = set_keyword(cell.source, assignment.TEST_EVERY_ARGUMENT, self.test_every)
             except (ValueError, SyntaxError) as err:
-                raise ValueError(f"grading profile: training cell {grade_id!r} cannot be changed ({err}); "
-                                 f"fix TEST_EVERY_ARGUMENT or TRAINING_CELLS in {assignment.__name__}, "
-                                 f"or set c.GradingProfile.test_every = 0") from None
+                raise self.cannot(assignment, grade_id, err, "TEST_EVERY_ARGUMENT or TRAINING_CELLS",
+                                  "test_every = 0") from None
             cell.source = NOTE.format(every=self.test_every, was=was) + source
-        return nb, resources
+
+    def profile_prepared(self, nb, assignment, module):
+        folder = f"{PREPARED_FOLDER}/{prepared_key(module, assignment.PREPARED)}"
+        variable = self.config.SandboxedKernelManager.get("data_variable", "DATA_DIR")
+        for grade_id, cell in self.cells(nb, assignment.PREPARED):
+            try:
+                cell.source = read_prepared(cell.source, assignment.PREPARED[grade_id], variable, folder)
+            except (ValueError, SyntaxError) as err:
+                raise self.cannot(assignment, grade_id, err, "PREPARED", "prepared_data = False") from None
+        nb.metadata.setdefault("nncourse", {})["prepared"] = {"module": module, "folder": folder}
+
+
+def ensure_prepared(nb, data_dir, log=None):
+    """Before a grading kernel starts: compute the arrays that the notebook's profiled cells read
+    (nb.metadata.nncourse.prepared), unless this machine's data folder has them already. A folder
+    the grader cannot write is left alone: those cells then compute the arrays themselves."""
+    request = nb.metadata.get("nncourse", {}).get("prepared")
+    if not request or not data_dir:
+        return None
+    target = Path(data_dir) / request["folder"]
+    if target.is_dir():
+        return target
+    partial = target.parent / f"partial-{secrets.token_hex(4)}"
+    try:
+        import numpy as np
+        partial.mkdir(parents=True)
+        for name, array in importlib.import_module(request["module"]).prepare(data_dir).items():
+            np.save(partial / f"{name}.npy", array)
+        os.chmod(partial, 0o755)
+        os.rename(partial, target)
+        for old in target.parent.iterdir():  # copies for other code or data, and abandoned ones
+            if old != target and (not old.name.startswith("partial-") or time.time() - old.stat().st_mtime > 3600):
+                shutil.rmtree(old, ignore_errors=True)
+        return target
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if log:
+            log(f"prepared data not written in {target.parent} ({err}); the notebook computes it itself")
+        return target if target.is_dir() else None

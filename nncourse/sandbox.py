@@ -33,6 +33,7 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode, default
 
 from . import kernel_env
+from .profile import ensure_prepared
 from .verdicts import REPORT_MIME
 
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
@@ -85,6 +86,13 @@ def check_sandbox(settings=None):
     if missing:
         raise SandboxError("cannot start the grading sandbox: missing " + "; ".join(missing) +
                            ". Run ./setup as root to install it. " + DISABLE_HINT)
+
+
+def configured_data_dir(config):
+    """The course's data folder as the configuration names it: SandboxedKernelManager.data_dir,
+    else the folder in its data variable ("" if neither)."""
+    settings = config.SandboxedKernelManager
+    return settings.get("data_dir") or os.environ.get(settings.get("data_variable", "DATA_DIR"), "")
 
 
 class SandboxedKernelManager(AsyncKernelManager):
@@ -232,6 +240,7 @@ class SandboxedExecute(Execute):
 
     def preprocess(self, nb, resources, km=None):
         self._output_bytes, self._output_capped, self._report_bytes = 0, False, 0
+        ensure_prepared(nb, configured_data_dir(self.config), log=self.log.warning)  # grading profile
         try:
             return super().preprocess(nb, resources, km=km)
         except DeadKernelError as err:

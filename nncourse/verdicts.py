@@ -23,8 +23,10 @@ The flow, as nbgrader steps (nbgrader_config.py):
 """
 import base64
 import binascii
+import hashlib
 import importlib
 import io
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -80,6 +82,16 @@ class Verdict:
 
 def load_assignment(module_name):
     return importlib.import_module(module_name)
+
+
+def checks_digest(module):
+    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
+    from importlib.util import find_spec
+    spec = find_spec(module)
+    if not spec or not spec.origin:
+        return ""
+    parts = sorted((p.name, p.read_text()) for p in Path(spec.origin).parent.glob("*.py"))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ kernel side

@@ -8,7 +8,7 @@ from nncourse import notebook
 from nncourse.assignments.tutorial3 import checks
 from nncourse.profile import GradingProfile, set_keyword
 
-from conftest import RELEASE, SOURCE
+from conftest import DATA_DIR, RELEASE, SOURCE
 
 RESOURCES = {"nbgrader": {"assignment": "tutorial3"}}
 ASSIGNMENTS = {"tutorial3": checks.__name__}
@@ -66,3 +66,75 @@ def test_the_course_grades_with_the_profile():
     config = Course.load(REPO).config
     assert GradingProfile in batch.autograde_steps(config, "sanitize_preprocessors")
     assert config.GradingProfile.test_every == 100
+
+
+# ------------------------------------------------------------------------------ prepared data
+PREPARED_CONFIG = {"AssignmentStep": {"assignments": ASSIGNMENTS}, "GradingProfile": {"prepared_data": True},
+                   "SandboxedKernelManager": {"data_variable": "MNIST_DIR"}}
+
+
+def run_cells(nb, upto, monkeypatch, data_dir=DATA_DIR):
+    """The notebook's code cells up to grade_id `upto`, run in this process (magics left out),
+    with $MNIST_DIR = `data_dir`: their global names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    monkeypatch.setenv("MNIST_DIR", str(data_dir))
+    namespace = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            exec("\n".join(line for line in cell.source.splitlines() if not line.startswith("%")), namespace)
+            if notebook.meta(cell).get("grade_id") == upto:
+                return namespace
+    raise AssertionError(f"no cell {upto}")
+
+
+@pytest.fixture(scope="module")
+def prepared_nb():
+    return GradingProfile(config=Config(PREPARED_CONFIG)).preprocess(copy.deepcopy(notebook.read(SOURCE)), RESOURCES)[0]
+
+
+def test_prepared_cells_read_the_graders_copy_and_say_so(prepared_nb):
+    cell = notebook.cells_by_id(prepared_nb)["preprocess_normalize"]
+    assert cell.source.startswith("# Grading run: train_imgs, test_imgs are read from the grader's copy")
+    assert "train_imgs = _graders_copy(\"train_imgs\", lambda: normalize_int_whole_database(train_imgs))" in cell.source
+    folder = prepared_nb.metadata.nncourse["prepared"]["folder"]
+    assert folder.startswith(".prepared/") and prepared_nb.metadata.nncourse["prepared"]["module"] == checks.__name__
+    untouched = [g for g in notebook.cells_by_id(prepared_nb) if g != "preprocess_normalize"]
+    source = notebook.cells_by_id(notebook.read(SOURCE))
+    assert all(notebook.cells_by_id(prepared_nb)[g].source == source[g].source for g in untouched)
+
+
+def test_the_graders_copy_holds_exactly_what_the_notebook_computes(prepared_nb, tmp_path, monkeypatch):
+    """Bit for bit: the source notebook's own cells, run here, against the copy the grader prepares."""
+    import numpy as np
+    from nncourse.profile import ensure_prepared
+    (tmp_path / "MNIST").symlink_to(DATA_DIR / "MNIST")
+    folder = ensure_prepared(prepared_nb, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["test_imgs.npy", "train_imgs.npy"]
+    own = run_cells(notebook.read(SOURCE), "preprocess_normalize", monkeypatch)
+    for name in ("train_imgs", "test_imgs"):
+        copy_ = np.load(folder / f"{name}.npy")
+        assert copy_.dtype == own[name].dtype and np.array_equal(copy_, own[name]), name
+    # the profiled cell reads that copy, as a plain writable array whose changes stay in the kernel
+    graded = run_cells(prepared_nb, "preprocess_normalize", monkeypatch, tmp_path)
+    assert isinstance(graded["train_imgs"].base, np.memmap) and type(graded["train_imgs"]) is np.ndarray
+    assert np.array_equal(graded["train_imgs"], own["train_imgs"])
+    graded["train_imgs"][0] = 0
+    assert np.array_equal(np.load(folder / "train_imgs.npy", mmap_mode="r")[0], own["train_imgs"][0])
+
+
+def test_without_the_graders_copy_the_profiled_cell_computes_the_arrays_itself(prepared_nb, tmp_path, monkeypatch):
+    import numpy as np
+    (tmp_path / "MNIST").symlink_to(DATA_DIR / "MNIST")  # the data, and no copy
+    graded = run_cells(prepared_nb, "preprocess_normalize", monkeypatch, tmp_path)
+    assert not isinstance(graded["train_imgs"].base, np.memmap)
+    assert graded["train_imgs"].dtype == np.float64 and abs(graded["train_imgs"].mean()) < 1e-9
+
+
+def test_a_data_folder_the_grader_cannot_write_leaves_the_cells_computing(prepared_nb, tmp_path):
+    from nncourse.profile import ensure_prepared
+    (tmp_path / "MNIST").symlink_to(DATA_DIR / "MNIST")
+    (tmp_path / ".prepared").write_text("")  # not a folder: nothing can be written there (even by root)
+    said = []
+    assert ensure_prepared(prepared_nb, tmp_path, log=said.append) is None
+    assert said and "the notebook computes it itself" in said[0]
