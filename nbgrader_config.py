@@ -38,10 +38,13 @@ c.AssignmentStep.assignments = {"tutorial3": "nncourse.assignments.tutorial3.che
 c.Autograde.sanitize_preprocessors = [
     ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, InsertProbes, GradingProfile, CheckCellMetadata,
 ]
-# Grading profile (nncourse/profile.py): in grading runs the locked training cells evaluate the test set
-# every 100 iterations and at the last one, not every 10. Grades are the same, grading is faster
-# (docs/benchmark.md). Students' own runs are unchanged. 0 turns it off.
+# Grading profile (nncourse/profile.py, docs/grading.md): in grading runs the locked training cells
+# evaluate the test set every 100 iterations and at the last one, not every 10 (0 turns this off), and
+# the normalised images are read from a copy computed once per machine in the data folder (False
+# turns this off). Grades are the same, grading is faster (docs/benchmark.md). Students' own runs
+# are unchanged.
 c.GradingProfile.test_every = 100
+c.GradingProfile.prepared_data = True
 c.Autograde.autograde_preprocessors = [
     SandboxedExecute, DecideVerdicts, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata,
@@ -61,3 +64,21 @@ c.ExportApp.plugin_class = "nncourse.export.PerCellCsvExport"
 # there as in the notebook, and read by the grader's checks.
 c.SandboxedKernelManager.data_variable = "MNIST_DIR"
 c.SandboxedKernelManager.data_dir = os.environ.get("MNIST_DIR") or str(COURSE_ROOT / "data" / "mnist")
+
+# --- Exchange, late submissions and LMS zip collection (docs/course-server.md)
+# The exchange folder that `nbgrader release_assignment/fetch_assignment/submit/collect` share:
+# nbgrader's default, stated here. On a shared server it must exist with mode 01777; students'
+# own configuration (e.g. /etc/jupyter/nbgrader_config.py) names the same folder.
+c.Exchange.root = "/srv/nbgrader/exchange"
+# Late submissions (AssignLatePenalties, in the autograde steps above): 5 points off per started
+# day after the due date (`nbgrader db assignment add tutorial3 --duedate=...`), taken from the
+# notebook's score at autograding and never more than it (nncourse/submissions.py).
+c.AssignLatePenalties.plugin_class = "nncourse.submissions.LatePenaltyPerPeriod"
+c.LatePenaltyPerPeriod.points = 5.0
+c.LatePenaltyPerPeriod.period_hours = 24.0
+# `nbgrader zip_collect tutorial3` on a Canvas download placed in downloaded/tutorial3/archive/:
+# files named lastfirst_[LATE_]<user id>_<file id>_<file name>; the student id is Canvas's user id.
+# Each student's one notebook becomes tutorial3.ipynb whatever its name; every skipped file is
+# logged with its reason (nncourse/submissions.py).
+c.ZipCollectApp.collector_plugin = "nncourse.submissions.OneNotebookPerStudent"
+c.FileNameCollectorPlugin.named_regexp = r"(?P<last_first>[^_/]+)_(?:LATE_)?(?P<student_id>\d+)_(?P<file_number>\d+)_(?P<file_id>.+)"
