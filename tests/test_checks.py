@@ -85,6 +85,16 @@ def test_reference_reproduces_the_stated_figures(context, trained, model):
     assert round(got, 2) == ref.STATED[model]["random"]
 
 
+@pytest.mark.parametrize("model", list(ref.STATED))
+def test_predicting_the_test_set_in_chunks_gives_the_same_probabilities(trained, model):
+    images, _ = checks.mnist(str(DATA_DIR), False)
+    params = [ref.as_numpy(p) for p in trained[model].params]
+    whole = ref.predict(model, params, images)
+    chunked = np.concatenate([ref.predict(model, params, images[i:i + 500]) for i in range(0, len(images), 500)])
+    assert np.array_equal(whole.argmax(axis=1), chunked.argmax(axis=1))  # what the accuracy counts
+    assert np.allclose(whole, chunked, rtol=1e-5, atol=1e-7)  # rounding only (BLAS threads split differently)
+
+
 @pytest.mark.parametrize("model", ["MLP_Numpy", "CNN_Torch_Autograd"])
 def test_reference_reproduces_the_stated_figures_with_the_constant_batch(context, training_set, model):
     net = train_one_thread(model, training_set, ref.constant_batch)
