@@ -33,7 +33,7 @@ from nncourse import grading, kernel_env, notebook  # noqa: E402
 from nncourse.assignments.tutorial3 import data  # noqa: E402
 from nncourse.batch import Record  # noqa: E402
 from nncourse.course import Course  # noqa: E402
-from nncourse.profile import GradingProfile  # noqa: E402
+from nncourse.profile import GradingProfile, ensure_prepared  # noqa: E402
 from nncourse.assignments.tutorial3.samples import STUDENTS  # noqa: E402
 
 DATA_DIR = REPO / "data" / "mnist"
@@ -78,6 +78,7 @@ def floor_script(path):
     course = Course.load(REPO)
     resources = {"nbgrader": {"assignment": course.assignment}}
     nb = GradingProfile(config=course.config).preprocess(notebook.read(course.notebook("source")), resources)[0]
+    ensure_prepared(nb, DATA_DIR)  # as the grader does before a kernel starts
     cells = [c.source for c in nb.cells
              if c.cell_type == "code" and notebook.role(c) != "test" and notebook.meta(c).get("grade_id") != "grader_setup"]
     code = "\n\n".join(re.sub(r"^%.*$", "", source, flags=re.M) for source in cells)
