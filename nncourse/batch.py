@@ -34,6 +34,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Unicode
 from traitlets.config import Config
 
+from . import kernel_env
 from .course import Course
 from .grading import autograde_student
 from .sandbox import SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox, mark_unrun_cells
@@ -419,7 +420,7 @@ class Runner:
     """Runs worker tasks on a Dask cluster (given its scheduler's address), on local processes,
     or, for one at a time, in this process."""
 
-    def __init__(self, workers, scheduler=None, log=print):
+    def __init__(self, workers, scheduler=None, log=print, threads=None):
         self.client = self.pool = None
         self.calls, self.log = {}, log  # task -> (fn, kwargs), to send it elsewhere
         if scheduler:
@@ -427,7 +428,8 @@ class Runner:
             self.client = Client(scheduler)
         elif workers > 1:  # fresh processes: a forked copy of this one could inherit torch's
             # OpenMP thread pool in a broken state (InsertProbes computes inputs with torch) and hang
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=kernel_env.cap_threads, initargs=(threads or 1,))
 
     def submit(self, fn, _workers=None, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker
@@ -556,7 +558,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     settings = worker_settings(driver.config, steps)
     if not scheduler:
         check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
-    runner = Runner(workers, scheduler, log=log)
+    runner = Runner(workers, scheduler, log=log, threads=threads)
     # computed from the settings the workers get, as each worker computes its own
     environment = grading_environment(driver.assignment, settings_config(settings))
     try:

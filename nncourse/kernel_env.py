@@ -6,6 +6,7 @@ model; glibc returns them to the OS each time, so a third of the CPU goes to pag
 jemalloc, told to keep freed pages, removes that cost (measured: 65 s -> 42 s wall for one
 submission). It is used when the system has it (Debian package libjemalloc2).
 """
+import os
 from pathlib import Path
 
 JEMALLOC_CANDIDATES = [
@@ -32,3 +33,10 @@ def kernel_environment(environ, threads=None):
         env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), lib]))
         env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     return env
+
+
+def cap_threads(threads):
+    """A batch worker process's own cap (its verdicts' numpy and torch), the same as its kernels':
+    run first in the fresh process, before those libraries start their thread pools. Without it,
+    each worker's verdicts ran on every core while the other workers' kernels trained."""
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})

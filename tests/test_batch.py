@@ -1,6 +1,7 @@
 """Parallel batch grading: same gradebook as sequential nbgrader, locally and on a Dask cluster;
 broken submissions are graded with a reason; reruns are idempotent."""
 import json
+import os
 import time
 
 import pytest
@@ -192,3 +193,19 @@ def test_report_and_per_cell_export(batch_local, source_nb):
                                            if g.startswith("task2"))
     assert float(row["total"]) == sum(v[0] for v in scores["numpy_relu_mask_missing"].values())
     assert set(notebook.autograded_ids(source_nb)) <= set(rows[0])
+
+
+def own_threads():
+    """Run in a batch worker process: the threads its own numpy and torch use."""
+    import torch
+    return torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_local_worker_processes_get_the_kernels_thread_cap_for_their_own_verdicts(threads):
+    runner = batch.Runner(2, threads=threads)
+    try:
+        task = runner.submit(own_threads)
+        assert task.result() == (threads, str(threads))
+    finally:
+        runner.close()
