@@ -29,12 +29,14 @@ def make_course(tmp_path_factory, name, extra_config=""):
     return root
 
 
-def submit_fixtures(course):
-    """The source, the blank release, every sample student and every style, as submissions."""
+def submit_fixtures(course, styles=True):
+    """The source, the blank release, every sample student and (unless `styles` is False) every
+    style, as submissions."""
+    samples = STUDENTS + (STYLES if styles else [])
     notebook.write(notebook.read(SOURCE), grading.submission_path(course, "solution"))
     notebook.write(notebook.read(grading.release_path(course)), grading.submission_path(course, "blank"))
-    grading.write_samples(course, STUDENTS + STYLES)
-    return ["solution", "blank", *(s.name for s in STUDENTS + STYLES)]
+    grading.write_samples(course, samples)
+    return ["solution", "blank", *(s.name for s in samples)]
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +51,10 @@ def course(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def graded(course):
-    """Gradebook scores after plain `nbgrader autograde` of every fixture, and feedback."""
-    submit_fixtures(course)
+    """Gradebook scores after plain `nbgrader autograde` (one at a time) of the solution, the blank
+    release and every sample student, and feedback. The styles are graded in the batch only
+    (test_batch.py), which the suite's time on 2 cores allows; the two gradebooks are compared there."""
+    submit_fixtures(course, styles=False)
     grading.autograde(course)
     grading.generate_feedback(course)
     return grading.cell_scores(course)
