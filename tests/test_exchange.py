@@ -31,7 +31,7 @@ from conftest import DATA_DIR, REPO, make_course
 VENV_BIN = Path(sys.executable).parent  # .venv/bin, not resolved: its python links into the base install
 BASE_PYTHON = Path(sys.base_prefix).resolve()  # here /root/.pyenv/versions/3.11.7
 COURSE_ID, ASSIGNMENT = "nn-tutorial3", "tutorial3"
-SAMPLES = {"a": "correct", "b": "numpy_update_ascent", "c": "style_type_hints"}  # c submits late
+SAMPLES = {"a": "correct", "b": "numpy_relu_mask_missing", "c": "style_type_hints"}  # c submits late; b's bug needs no retraining
 AUTOGRADED_MAX = 42
 
 
@@ -270,7 +270,7 @@ def test_zip_collect_from_an_lms_download(tmp_path_factory):
     }
     entries = {  # file in the download: its content, and the student who gets it or why it is skipped
         "doejane_1001_50001_tutorial3.ipynb": ("correct", "1001"),
-        "smithjohn_1002_50002_Tutorial3 (1).ipynb": ("numpy_update_ascent", "1002"),
+        "smithjohn_1002_50002_Tutorial3 (1).ipynb": ("numpy_relu_mask_missing", "1002"),
         "leeanna_LATE_1003_50003_tutorial3-final.ipynb": ("style_debug_prints", "1003"),
         "kowalskipiotr_1004_50004_tutorial3-2.ipynb": ("style_magics", "1004"),  # Canvas's resubmission suffix
         "garciamaria_1005_50005_submission.zip": (zipped(macos_zip), "an archive: its files were extracted"),
@@ -319,7 +319,7 @@ def test_zip_collect_from_an_lms_download(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "nncourse", "--course", str(course), "grade", "1002", "1005"],
                    check=True, capture_output=True, text=True)
     scores = grading.cell_scores(course)
-    for student, sample in {"1002": "numpy_update_ascent", "1005": "style_vectorised"}.items():
+    for student, sample in {"1002": "numpy_relu_mask_missing", "1005": "style_vectorised"}.items():
         auto = {g: v for g, v in scores[student].items() if not v[2]}
         assert {g for g, v in auto.items() if v[0] < v[1]} == BY_NAME[sample].fails
         assert sum(v[0] for v in auto.values()) == AUTOGRADED_MAX - sum(auto[g][1] for g in BY_NAME[sample].fails)
