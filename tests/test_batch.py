@@ -11,7 +11,7 @@ from nncourse.course import Course
 from nncourse.verdicts import REPORT_MIME
 from nncourse.assignments.tutorial3.samples import BY_NAME, STUDENTS, STYLES
 
-from conftest import local_dask, make_course, submit_fixtures
+from conftest import SEQUENTIAL, local_dask, make_course, submit_fixtures
 
 TIMEOUT = 60  # per cell in these courses, so that the endless loop below is stopped soon
 
@@ -67,8 +67,8 @@ def test_grades_are_the_same_without_the_grading_profile(tmp_path_factory, grade
     (every 100, the grader's prepared copy) gave them."""
     unprofiled = make_course(tmp_path_factory, "no_profile", extra_config="c.GradingProfile.test_every = 0\n"
                                                                           "c.GradingProfile.prepared_data = False")
-    students = [s.name for s in STUDENTS[:11]]
-    grading.write_samples(unprofiled, STUDENTS[:11])
+    students = [s.name for s in SEQUENTIAL]  # the first 11
+    grading.write_samples(unprofiled, SEQUENTIAL)
     results = batch.grade(unprofiled, workers=2)
     executed = notebook.read(unprofiled / ".batch" / "tutorial3" / "correct.executed.ipynb")
     assert "iters_per_test=10)" in notebook.cells_by_id(executed)["task2_train"].source  # the profile was off
@@ -78,6 +78,13 @@ def test_grades_are_the_same_without_the_grading_profile(tmp_path_factory, grade
     assert "iters_per_test=100)" in notebook.cells_by_id(profiled)["task2_train"].source
     assert all(r.graded and not r.reason for r in results.values())
     assert grading.cell_scores(unprofiled) == {s: graded[s] for s in students}
+
+
+@pytest.mark.parametrize("student", [s for s in STUDENTS if s not in SEQUENTIAL], ids=lambda s: s.name)
+def test_sample_student_graded_only_in_the_batch_gets_the_designed_grade(batch_local, source_nb, student):
+    tests = notebook.autograded_ids(source_nb)
+    got = {g: s for g, (s, m, _) in batch_local[2][student.name].items() if g in tests}
+    assert got == {g: (0.0 if g in student.fails else points) for g, points in tests.items()}, student.name
 
 
 @pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)

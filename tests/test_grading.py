@@ -5,9 +5,8 @@ import re
 import pytest
 
 from nncourse import notebook
-from nncourse.assignments.tutorial3.samples import STUDENTS
 
-from conftest import SOURCE
+from conftest import SEQUENTIAL, SOURCE
 
 
 def autograded_scores(scores, student, source_nb):
@@ -32,7 +31,7 @@ def test_blank_release_earns_no_autograded_point(graded, source_nb):
     assert not earned, f"the blank release earns points in {earned}"
 
 
-@pytest.mark.parametrize("student", STUDENTS, ids=lambda s: s.name)
+@pytest.mark.parametrize("student", SEQUENTIAL, ids=lambda s: s.name)
 def test_sample_student_gets_the_designed_grade(graded, source_nb, student):
     expected = {gid: (0.0 if gid in student.fails else points)
                 for gid, points in notebook.autograded_ids(source_nb).items()}
@@ -89,7 +88,7 @@ def test_feedback_hides_hidden_tests_and_rubrics(graded, course):
     assert '_report("task2_mlp_numpy_backward_correct")' in hidden  # restored, so the check below means something
     assert any("_make_reporter" in line for line in hidden)
     pages = sorted((course / "feedback").glob("*/tutorial3/tutorial3.html"))
-    assert {p.parts[-3] for p in pages} >= {"solution", "blank", *(s.name for s in STUDENTS)}
+    assert {p.parts[-3] for p in pages} >= {"solution", "blank", *(s.name for s in SEQUENTIAL)}
     for page in pages:
         text = visible_text(page.read_text())
         leaked = [line for line in hidden if line in text]
