@@ -160,6 +160,15 @@ def warm_up(steps, resources):
             pass
 
 
+def start_worker(threads, modules):
+    """A local worker process's start: the kernels' thread cap for its own numpy and torch (before
+    they load), then the imports its first task needs, done while the driver prepares submissions."""
+    import importlib
+    kernel_env.cap_threads(threads)
+    for name in modules:
+        importlib.import_module(name)
+
+
 def worker_data_dir(config):
     """The data folder on this machine: the one its own variable names, when this machine sets it
     (None if that folder is missing or empty); else the driver's, if this machine has it (local
@@ -420,7 +429,7 @@ class Runner:
     """Runs worker tasks on a Dask cluster (given its scheduler's address), on local processes,
     or, for one at a time, in this process."""
 
-    def __init__(self, workers, scheduler=None, log=print, threads=None):
+    def __init__(self, workers, scheduler=None, log=print, threads=None, modules=()):
         self.client = self.pool = None
         self.calls, self.log = {}, log  # task -> (fn, kwargs), to send it elsewhere
         if scheduler:
@@ -429,7 +438,9 @@ class Runner:
         elif workers > 1:  # fresh processes: a forked copy of this one could inherit torch's
             # OpenMP thread pool in a broken state (InsertProbes computes inputs with torch) and hang
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=kernel_env.cap_threads, initargs=(threads or 1,))
+                                            initializer=start_worker, initargs=(threads or 1, modules))
+            for _ in range(workers):  # each submission starts one process: all start now, not at the first tasks
+                self.pool.submit(int)
 
     def submit(self, fn, _workers=None, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker
@@ -554,14 +565,15 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         log(f"  {count} to grade because {reason}")
     if not todo:
         return results
-    steps = verdict_steps(driver.config)
-    settings = worker_settings(driver.config, steps)
-    if not scheduler:
-        check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
-    runner = Runner(workers, scheduler, log=log, threads=threads)
-    # computed from the settings the workers get, as each worker computes its own
-    environment = grading_environment(driver.assignment, settings_config(settings))
+    module = driver.course.assignments.get(driver.assignment)
+    runner = Runner(workers, scheduler, log=log, threads=threads, modules=[__name__, *filter(None, [module])])
     try:
+        steps = verdict_steps(driver.config)
+        settings = worker_settings(driver.config, steps)
+        if not scheduler:
+            check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
+        # computed from the settings the workers get, as each worker computes its own
+        environment = grading_environment(driver.assignment, settings_config(settings))
         ready, futures = [], {}
         for student, sha in todo:
             cached = None if force else driver.cached_outcome(student, sha)

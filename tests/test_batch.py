@@ -208,11 +208,30 @@ def own_threads():
     return torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS")
 
 
+def imported(name):
+    import sys
+    return name in sys.modules
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_local_worker_processes_get_the_kernels_thread_cap_for_their_own_verdicts(threads):
     runner = batch.Runner(2, threads=threads)
     try:
         task = runner.submit(own_threads)
         assert task.result() == (threads, str(threads))
+    finally:
+        runner.close()
+
+
+def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
+    """The pool's processes start with the runner, not with the first tasks, and import the named
+    modules (the grader and the assignment's checks) before any task arrives."""
+    import multiprocessing
+    before = len(multiprocessing.active_children())
+    runner = batch.Runner(2, modules=["wave"])  # a module nothing else here imports
+    try:
+        assert len(multiprocessing.active_children()) - before == 2
+        assert runner.submit(imported, name="wave").result()
+        assert not runner.submit(imported, name="tabnanny").result()
     finally:
         runner.close()
