@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +37,7 @@ from . import kernel_env
 from .course import Course
 from .grading import autograde_student
 from .sandbox import SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox, mark_unrun_cells
-from .verdicts import DecideVerdicts, checks_digest
+from .verdicts import DecideVerdicts, EarlyVerdicts, checks_digest
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
 
@@ -116,16 +115,17 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
         steps = [step(config=config) for step in verdict_steps]
-        warming = threading.Thread(target=warm_up, args=(steps, resources), daemon=True)
-        warming.start()  # while the kernel runs
+        early = EarlyVerdicts(steps, resources)  # while the kernel runs
         executing = time.time()
-        nb, resources = SandboxedExecute(config=config, timeout=timeout).preprocess(nb, resources)
+        execute = SandboxedExecute(config=config, timeout=timeout)
+        execute.after_cell = early.cell_done
+        nb, resources = execute.preprocess(nb, resources)
         phases = execution_phases(nb, executing, time.time())
-        warming.join()
         deciding = time.time()
         for step in steps:
-            nb, resources = step.preprocess(nb, resources)
-        phases["verdicts"] = time.time() - deciding
+            nb, resources = step.preprocess(nb, resources, decided=early.decided(step))
+        phases["verdicts after the kernel"] = time.time() - deciding
+        phases["verdicts"] = early.seconds
     return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
                    worker, decided=bool(verdict_steps), phases={k: round(v, 2) for k, v in phases.items()})
 
@@ -149,15 +149,6 @@ def execution_phases(nb, started, finished):
         phases[kind] = phases.get(kind, 0.0) + stamp(cell, "iopub.status.idle") - stamp(cell, "iopub.status.busy")
     phases["kernel stop"] = finished - stamp(run[-1], "iopub.status.idle")
     return phases
-
-
-def warm_up(steps, resources):
-    """Let the verdict steps load what they need; a failure here shows again when they run."""
-    for step in steps:
-        try:
-            step.warm_up(resources)
-        except Exception:
-            pass
 
 
 def start_worker(threads, modules):

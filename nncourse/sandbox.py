@@ -253,8 +253,12 @@ class SandboxedExecute(Execute):
         mark_unrun_cells(nb, f"not run: {reason}")
         return nb, resources
 
+    after_cell = None  # called as after_cell(nb, index) once a cell has run (batch workers: EarlyVerdicts)
+
     def preprocess_cell(self, cell, resources, index):
         cell, resources = super().preprocess_cell(cell, resources, index)
+        if self.after_cell:
+            self.after_cell(self.nb, index)
         stand_ins = cell.metadata.get("nncourse", {}).get("stand_ins")
         if stand_ins:
             self.provide_missing(stand_ins)

@@ -7,7 +7,8 @@ An assignment is a module (see nncourse/assignments/tutorial3/checks.py) that pr
 - CHECKS: {test grade_id: Check}, each deciding one test cell from its report;
 - STAND_INS: {test grade_id: {name: source}}, definitions put in the kernel after that test
   when the student's own is missing, so that later tasks can still run;
-- context(reports, nb, grader): what checks may consult besides their own report;
+- context(reports, nb, grader): what checks may consult besides their own report: the reports
+  of the tests up to the one decided, and the notebook up to its cell;
 - optionally warm_up(grader): loads what the checks will need, while the kernel runs;
 - optionally PACKAGES: packages whose versions every batch worker must share with the driver.
 
@@ -20,6 +21,8 @@ The flow, as nbgrader steps (nbgrader_config.py):
    allow_pickle=False, size-capped and schema-checked, runs its check here, and replaces the
    cell's outputs by the verdict: none (passed), `Test failed: <message>` (an error output), or
    a partial score. A missing, duplicated, malformed or oversized report fails that test only.
+   Batch workers decide each test as soon as its cell has run (EarlyVerdicts), while the kernel
+   goes on; a test sees only the notebook up to its cell, so the verdict is the same either way.
 """
 import base64
 import binascii
@@ -28,6 +31,7 @@ import importlib
 import io
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -239,7 +243,12 @@ def verdict_outputs(verdict, points):
 
 
 class DecideVerdicts(AssignmentStep):
-    """Autograde step between execution and SaveAutoGrades: every test cell's outcome, decided here."""
+    """Autograde step between execution and SaveAutoGrades: every test cell's outcome, decided here.
+
+    Each test is decided from the notebook up to its own cell: the reports of the tests before it
+    and its own, and the cells before it as they ran. So a verdict can be decided as soon as its
+    cell has run, while the kernel goes on (batch workers do: EarlyVerdicts), and is the same as
+    when decided after the whole notebook."""
     max_report_mib = Integer(16, help="Largest report one test cell may send, MiB; a larger one fails "
                                       "that test").tag(config=True)
 
@@ -250,21 +259,76 @@ class DecideVerdicts(AssignmentStep):
         if assignment is not None and hasattr(assignment, "warm_up"):
             assignment.warm_up(self)
 
-    def preprocess(self, nb, resources):
+    def test_of(self, cell, assignment):
+        """The grade_id of the test that `cell` holds, if the assignment checks it; else None."""
+        test = cell.metadata.get("nbgrader", {}).get("grade_id") if cell.cell_type == "code" else None
+        return test if test in assignment.CHECKS and cell.metadata.nbgrader.get("grade") else None
+
+    def verdict(self, nb, index, resources, reports):
+        """The verdict of the test in cell `index`, from the notebook up to that cell. `reports`
+        ({test: Report}) keeps the reports read so far, to be passed again for later cells."""
+        assignment, _ = self.assignment(resources)
+        prefix = nb.cells[:index + 1]
+        for cell in prefix:
+            test = self.test_of(cell, assignment)
+            if test and test not in reports:
+                reports[test] = cell_reports(cell, test, self.max_report_mib * MIB)
+        test = self.test_of(nb.cells[index], assignment)
+        seen = {self.test_of(c, assignment) for c in prefix}
+        upto = type(nb)(nb, cells=prefix)
+        context = assignment.context({t: r for t, r in reports.items() if t in seen}, upto, self)
+        return judge(assignment.CHECKS[test], reports[test], context)
+
+    def preprocess(self, nb, resources, decided=None):
+        """`decided`: {cell index: Verdict} decided already (by EarlyVerdicts)."""
         assignment, _ = self.assignment(resources)
         if assignment is None:
             return nb, resources
-        tests = {c.metadata.nbgrader["grade_id"]: c for c in nb.cells
-                 if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
-        reports = {test: cell_reports(cell, test, self.max_report_mib * MIB) for test, cell in tests.items()
-                   if test in assignment.CHECKS}
-        context = assignment.context(reports, nb, self)
-        for test, report in reports.items():
-            verdict = judge(assignment.CHECKS[test], report, context)
-            tests[test].outputs = verdict_outputs(verdict, float(tests[test].metadata.nbgrader["points"]))
+        decided, reports = dict(decided or {}), {}
+        for index, cell in enumerate(nb.cells):
+            if self.test_of(cell, assignment):
+                verdict = decided.get(index) or self.verdict(nb, index, resources, reports)
+                cell.outputs = verdict_outputs(verdict, float(cell.metadata.nbgrader["points"]))
         for cell in nb.cells:
             cell.metadata.get("nncourse", {}).pop("stand_ins", None)
         return nb, resources
+
+
+class EarlyVerdicts:
+    """The verdict steps' work done while the kernel runs, in one background thread: first their
+    warm-up, then each test's verdict as soon as its cell has run (DecideVerdicts.verdict), so that
+    the expensive checks (test-set accuracies, retraining) overlap the rest of the notebook. A
+    verdict that fails here for a reason of the grader's own is decided again afterwards."""
+
+    def __init__(self, steps, resources):
+        from concurrent.futures import ThreadPoolExecutor
+        self.steps, self.resources = [s for s in steps if isinstance(s, DecideVerdicts)], resources
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
+        self.futures, self.reports = {}, {id(s): {} for s in self.steps}
+        self.seconds = 0.0  # the background thread's working time
+        for step in self.steps:
+            self.pool.submit(self.timed, step.warm_up, resources)
+
+    def timed(self, fn, *args):
+        started = time.time()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.time() - started
+
+    def cell_done(self, nb, index):
+        """Called by the executing step after cell `index` has run, with all its outputs."""
+        for step in self.steps:
+            assignment, _ = step.assignment(self.resources)
+            if assignment is not None and step.test_of(nb.cells[index], assignment):
+                self.futures[id(step), index] = self.pool.submit(self.timed, step.verdict, nb, index,
+                                                                 self.resources, self.reports[id(step)])
+
+    def decided(self, step):
+        """{cell index: Verdict} of `step`, once the background thread has finished."""
+        self.pool.shutdown(wait=True)
+        return {index: future.result() for (owner, index), future in self.futures.items()
+                if owner == id(step) and future.exception() is None}
 
 
 def install_reporter(module_name, notebook_globals):

@@ -5,12 +5,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from nncourse import grading, notebook
+from nncourse import batch, grading, notebook
 from nncourse.assignments.tutorial3.samples import BY_NAME
 
 from conftest import REPO, make_course
@@ -95,21 +96,31 @@ def scores(course, assignment, notebook_name):
                 for s in gb.find_assignment(assignment).submissions}
 
 
-def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
-    course = make_course(tmp_path_factory, "two_assignments", plugin_config({"tiny": "tiny_checks.checks"}))
+def tiny_course(tmp_path_factory, name, checks=TINY_CHECKS, source=None):
+    """A course with the tiny assignment as a plug-in, its release generated."""
+    course = make_course(tmp_path_factory, name, plugin_config({"tiny": "tiny_checks.checks"}))
     plugin = course / PLUGINS / "tiny_checks"
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text("")
     (plugin / "probes.py").write_text(TINY_PROBES)
-    (plugin / "checks.py").write_text(TINY_CHECKS)
-    notebook.write(tiny_source(), course / "source" / "tiny" / "tiny.ipynb")
+    (plugin / "checks.py").write_text(checks)
+    notebook.write(source or tiny_source(), course / "source" / "tiny" / "tiny.ipynb")
     grading.nbgrader(course, "generate_assignment", "tiny", "--force")
+    return course
+
+
+def submit_tiny(course, student, body):
+    nb = notebook.read(course / "release" / "tiny" / "tiny.ipynb")
+    nb.cells[1].source = nb.cells[1].source.replace("return ???", body)
+    notebook.write(nb, course / "submitted" / student / "tiny" / "tiny.ipynb")
+
+
+def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
+    course = tiny_course(tmp_path_factory, "two_assignments")
     release = notebook.read(course / "release" / "tiny" / "tiny.ipynb")
     assert "_report" not in release.cells[2].source and "return ???" in release.cells[1].source
     for student, body in [("alice", "return a + b"), ("bob", "return a - b"), ("carol", "return undefined_name")]:
-        nb = nbformat.from_dict(release)
-        nb.cells[1].source = nb.cells[1].source.replace("return ???", body)
-        notebook.write(nb, course / "submitted" / student / "tiny" / "tiny.ipynb")
+        submit_tiny(course, student, body)
     grading.nbgrader(course, "autograde", "tiny", "--force")
     assert {s: v["add_correct"] for s, v in scores(course, "tiny", "tiny").items()} == \
         {"alice": (2.0, 2.0), "bob": (0.0, 2.0), "carol": (0.0, 2.0)}
@@ -117,6 +128,28 @@ def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
                       ["add_correct"].outputs) for s in ("bob", "carol")}
     assert "Test failed: add returns the wrong sums." in outputs["bob"]
     assert "add raised NameError" in outputs["carol"]
+
+
+def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_notebook(tmp_path_factory,
+                                                                                     monkeypatch):
+    """The check of a test runs as soon as its cell has run, once, while the kernel runs the cells after it."""
+    marks = tmp_path_factory.mktemp("marks") / "decided"
+    monkeypatch.setenv("TINY_MARKS", str(marks))
+    checks = TINY_CHECKS.replace('def judge(report, context):\n',
+                                 'def judge(report, context):\n    import os, time\n'
+                                 '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()}\\n")\n')
+    source = tiny_source()
+    source.cells.append(cell("code", "import time\ntime.sleep(3)", "afterwards", locked=True))
+    course = tiny_course(tmp_path_factory, "early_verdicts", checks, source)
+    submit_tiny(course, "alice", "return a + b")
+    results = batch.grade(course, workers=1, assignment="tiny")
+    assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
+    decided = [float(line) for line in marks.read_text().split()]
+    executed = notebook.read(course / ".batch" / "tiny" / "alice.executed.ipynb")
+    stamps = notebook.cells_by_id(executed)["afterwards"].metadata.execution
+    started, finished = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00")).timestamp()
+                         for k in ("iopub.status.busy", "iopub.status.idle"))
+    assert len(decided) == 1 and decided[0] < finished - 1, (decided, started, finished)
 
 
 def nncourse_grade(course):
