@@ -523,6 +523,16 @@ def regrade_reasons(record, sha, key):
     return reasons + [text for part, text in REGRADE_REASONS.items() if record.grading_key.get(part) != key[part]]
 
 
+def longest_first(todo, records):
+    """`todo` ([(student, sha)]) in the order to start them: students never graded first, then the
+    others by the seconds their last grading took, longest first, so that the batch does not end
+    with one long submission running alone (records: {student: Record or None})."""
+    def last_seconds(item):
+        record = records.get(item[0])
+        return record.seconds if record and record.seconds else float("inf")
+    return sorted(todo, key=last_seconds, reverse=True)
+
+
 def default_workers():
     return len(os.sched_getaffinity(0))
 
@@ -535,11 +545,11 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     if missing:
         raise FileNotFoundError(f"no submission folder for {missing} in "
                                 f"{driver.course.root / driver.course.directory.submitted_directory}")
-    results, todo, why = {}, [], {}
+    results, todo, why, before = {}, [], {}, {}
     key = driver.key = driver.grading_key()
     for student in names:
         sha = driver.sha(student)
-        record = driver.graded_record(student)
+        record = before[student] = driver.graded_record(student)
         changed = regrade_reasons(record, sha, key)
         if not force and not changed:
             results[student] = record
@@ -547,6 +557,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
             todo.append((student, sha))
             for reason in changed or ["--force"]:
                 why[reason] = why.get(reason, 0) + 1
+    todo = longest_first(todo, before)
     workers = max(1, min(workers or default_workers(), len(todo)))
     # local kernels share this machine's cores; a Dask worker decides for itself (execute_submission)
     threads = None if scheduler else max(1, default_workers() // workers)

@@ -202,6 +202,13 @@ def test_report_and_per_cell_export(batch_local, source_nb):
     assert set(notebook.autograded_ids(source_nb)) <= set(rows[0])
 
 
+def test_students_start_longest_first_by_their_last_grading_and_new_ones_before_them():
+    records = {"quick": batch.Record("quick", "", seconds=20.0), "slow": batch.Record("slow", "", seconds=70.0),
+               "medium": batch.Record("medium", "", seconds=45.0), "new": None}
+    todo = [(name, "sha") for name in ("quick", "new", "medium", "slow")]
+    assert [name for name, _ in batch.longest_first(todo, records)] == ["new", "slow", "medium", "quick"]
+
+
 def own_threads():
     """Run in a batch worker process: the threads its own numpy and torch use."""
     import torch
