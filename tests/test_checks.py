@@ -85,6 +85,24 @@ def test_reference_reproduces_the_stated_figures(context, trained, model):
     assert round(got, 2) == ref.STATED[model]["random"]
 
 
+def test_a_worker_predicts_the_test_set_once_for_parameters_equal_to_the_last_bit(context, monkeypatch):
+    """Equal parameters are predicted once per process; a change in any value, or dtype, anew."""
+    calls, predict = [], ref.predict
+    monkeypatch.setattr(ref, "predict", lambda *args: calls.append(args[0]) or predict(*args))
+    monkeypatch.setattr(checks, "KNOWN_ACCURACIES", {})
+    params = [ref.as_numpy(p) for p in ref.init_params("MLP_Torch")[0]]
+    first = context.test_accuracy("MLP_Torch", params)
+    predicted = len(calls)
+    assert predicted == 20  # the test set, 500 images at a time
+    assert context.test_accuracy("MLP_Torch", [p.copy() for p in params]) == first
+    assert len(calls) == predicted
+    changed = [p.copy() for p in params]
+    changed[0].flat[0] += 1e-3
+    context.test_accuracy("MLP_Torch", changed)
+    context.test_accuracy("MLP_Torch", [p.astype(np.float64) for p in params])
+    assert len(calls) == 3 * predicted
+
+
 @pytest.mark.parametrize("model", list(ref.STATED))
 def test_predicting_the_test_set_in_chunks_gives_the_same_probabilities(trained, model):
     images, _ = checks.mnist(str(DATA_DIR), False)
