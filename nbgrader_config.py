@@ -45,6 +45,10 @@ c.Autograde.sanitize_preprocessors = [
 # are unchanged.
 c.GradingProfile.test_every = 100
 c.GradingProfile.prepared_data = True
+# One submission at a time (`nncourse grade` of one student), the kernel starts while the grader
+# prepares the notebook and imports these meanwhile, as the notebook's first cell would (no name is
+# added to the notebook's namespace). [] turns this off.
+c.SandboxedExecute.preload_modules = ["torch", "torchvision.datasets"]
 c.Autograde.autograde_preprocessors = [
     SandboxedExecute, DecideVerdicts, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata,

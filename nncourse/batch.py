@@ -36,7 +36,8 @@ from traitlets.config import Config
 from . import kernel_env
 from .course import Course
 from .grading import autograde_student
-from .sandbox import SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox, mark_unrun_cells
+from .sandbox import (KernelInAdvance, SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox,
+                      mark_unrun_cells, sandbox_disabled)
 from .verdicts import DecideVerdicts, EarlyVerdicts, checks_digest
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
@@ -98,8 +99,8 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
 
     started = time.time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
-    config = settings_config(settings)
-    data_dir, problem = worker_data_dir(config), ""
+    config, data_dir = kernel_config(settings, threads)
+    problem = ""
     if data_dir is None:
         variable = config.SandboxedKernelManager.get("data_variable", "DATA_DIR")
         problem = (f"the course's data folder is missing on worker {worker}: run ./setup --no-demo there, "
@@ -109,8 +110,10 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     if problem:
         return Outcome(student, sha, worker=worker, reason=problem, unfit=dask_address() or worker)
     nb = nbformat.reads(notebook_json, as_version=4)
-    config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
-    config.SandboxedKernelManager.data_dir = str(data_dir)
+    advance = KERNELS_IN_ADVANCE.pop(advance_key(settings, threads), None)
+    if advance and not advance.fits(nb):  # another kernel: start that one as usual
+        advance.close()
+        advance = None
     with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, setenv(NBGRADER_EXECUTION="autograde"):
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
@@ -119,7 +122,11 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         executing = time.time()
         execute = SandboxedExecute(config=config, timeout=timeout)
         execute.after_cell = early.cell_done
-        nb, resources = execute.preprocess(nb, resources)
+        try:
+            nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
+        finally:
+            if advance:
+                advance.close()
         phases = execution_phases(nb, executing, time.time())
         deciding = time.time()
         for step in steps:
@@ -128,6 +135,37 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         phases["verdicts"] = early.seconds
     return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
                    worker, decided=bool(verdict_steps), phases={k: round(v, 2) for k, v in phases.items()})
+
+
+def kernel_config(settings, threads):
+    """(configuration of this machine's kernels, its data folder or None): the driver's settings,
+    the kernels' threads (on Dask workers $NNCOURSE_KERNEL_THREADS, default 1), the data folder."""
+    config = settings_config(settings)
+    data_dir = worker_data_dir(config)
+    config.SandboxedKernelManager.threads = threads or int(os.environ.get("NNCOURSE_KERNEL_THREADS", "1"))
+    if data_dir:
+        config.SandboxedKernelManager.data_dir = str(data_dir)
+    return config, data_dir
+
+
+KERNELS_IN_ADVANCE = {}  # advance_key -> KernelInAdvance, for the next execute_submission in this process
+
+
+def advance_key(settings, threads):
+    return json.dumps([settings, threads], sort_keys=True, default=str)
+
+
+def start_kernel_in_advance(settings, threads):
+    """Start the kernel of the next execute_submission in this process now, so that it starts and
+    imports while the driver prepares the notebook (one submission at a time, in the driver)."""
+    config, data_dir = kernel_config(settings, threads)
+    if data_dir and not sandbox_disabled(config.SandboxedKernelManager.get("enabled", True)):
+        KERNELS_IN_ADVANCE[advance_key(settings, threads)] = KernelInAdvance(config)
+
+
+def stop_kernels_in_advance():
+    while KERNELS_IN_ADVANCE:
+        KERNELS_IN_ADVANCE.popitem()[1].close()
 
 
 def execution_phases(nb, started, finished):
@@ -433,6 +471,9 @@ class Runner:
             for _ in range(workers):  # each submission starts one process: all start now, not at the first tasks
                 self.pool.submit(int)
 
+    def in_process(self):
+        return not (self.client or self.pool)
+
     def submit(self, fn, _workers=None, **kwargs):
         if self.client:  # a task whose worker vanishes is given to another worker
             task = self.client.submit(fn, **kwargs, pure=False, retries=2, workers=_workers)
@@ -574,6 +615,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         settings = worker_settings(driver.config, steps)
         if not scheduler:
             check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
+        if runner.in_process():
+            start_kernel_in_advance(settings, threads)
         # computed from the settings the workers get, as each worker computes its own
         environment = grading_environment(driver.assignment, settings_config(settings))
         ready, futures = [], {}
@@ -594,4 +637,5 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
             bar.step()
     finally:
         runner.close()
+        stop_kernels_in_advance()
     return results

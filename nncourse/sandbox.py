@@ -30,7 +30,7 @@ from jupyter_core.utils import ensure_async
 from nbclient.exceptions import DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Integer, List, Unicode, default
 
 from . import kernel_env
 from .profile import ensure_prepared
@@ -229,6 +229,11 @@ class SandboxedExecute(Execute):
     max_output_mib = Integer(20, help="Output a notebook may produce, MiB; more is dropped").tag(config=True)
     max_reports_mib = Integer(64, help="Test reports a notebook may send, MiB in all; more are dropped, "
                                        "so their tests fail").tag(config=True)
+    preload_modules = List(Unicode(), help="Modules that a kernel started before its notebook is known "
+                                           "(KernelInAdvance: `nncourse grade`, one submission at a time) "
+                                           "imports while the grader prepares the notebook, so that the "
+                                           "notebook's own imports find them loaded. No name is added to "
+                                           "the notebook's namespace.").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
@@ -239,6 +244,7 @@ class SandboxedExecute(Execute):
         return "immediate"  # the kernel is thrown away; waiting for its clean exit took ~1.4 s
 
     def preprocess(self, nb, resources, km=None):
+        """`km`: a kernel already started (KernelInAdvance.km), stopped here afterwards."""
         self._output_bytes, self._output_capped, self._report_bytes = 0, False, 0
         ensure_prepared(nb, configured_data_dir(self.config), log=self.log.warning)  # grading profile
         try:
@@ -249,6 +255,9 @@ class SandboxedExecute(Execute):
             if isinstance(err, SandboxError):
                 raise
             reason = f"{type(err).__name__}: {err}"
+        finally:
+            if km is not None:  # nbclient leaves a kernel it did not start running
+                self._cleanup_kernel()
         nb.metadata.setdefault("nncourse", {})["stopped"] = reason
         mark_unrun_cells(nb, f"not run: {reason}")
         return nb, resources
@@ -308,6 +317,40 @@ class SandboxedExecute(Execute):
             outs.append(new_output("stream", name="stdout",
                                    text=f"\n[output stopped: the notebook printed more than {self.max_output_mib} MiB]\n"))
         return None
+
+
+class KernelInAdvance:
+    """A sandboxed kernel started before its notebook is known, with the settings SandboxedExecute
+    would use (`config`), importing SandboxedExecute.preload_modules while it waits. Its `km` goes
+    to SandboxedExecute.preprocess, for a notebook whose kernelspec has the same name."""
+
+    def __init__(self, config, kernel_name="python3"):
+        from jupyter_client.blocking import BlockingKernelClient
+        from nbclient.util import run_sync
+        from nbgrader.utils import setenv
+
+        execute = SandboxedExecute(config=config)
+        self.kernel_name = kernel_name
+        self.km = SandboxedKernelManager(kernel_name=kernel_name, config=config)
+        with setenv(NBGRADER_EXECUTION="autograde"):  # as in a grading run
+            run_sync(self.km.start_kernel)(extra_arguments=[*execute.extra_arguments,
+                                                            f"--HistoryManager.hist_file={execute.ipython_hist_file}"])
+        self.client = BlockingKernelClient()
+        self.client.load_connection_info(self.km.get_connection_info())
+        self.client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        if execute.preload_modules:  # queued: the kernel runs it once it is up
+            self.client.execute(f"[__import__(name) for name in {list(execute.preload_modules)!r}]",
+                                silent=True, store_history=False)
+
+    def fits(self, nb):
+        return (nb.metadata.get("kernelspec", {}).get("name") or "python3") == self.kernel_name
+
+    def close(self):
+        """Stop the kernel if no notebook ran in it (SandboxedExecute stops those it ran)."""
+        from nbclient.util import run_sync
+        self.client.stop_channels()
+        if self.km.has_kernel:
+            run_sync(self.km.shutdown_kernel)(now=True)
 
 
 def mark_unrun_cells(nb, reason):

@@ -96,9 +96,9 @@ def scores(course, assignment, notebook_name):
                 for s in gb.find_assignment(assignment).submissions}
 
 
-def tiny_course(tmp_path_factory, name, checks=TINY_CHECKS, source=None):
+def tiny_course(tmp_path_factory, name, checks=TINY_CHECKS, source=None, config=""):
     """A course with the tiny assignment as a plug-in, its release generated."""
-    course = make_course(tmp_path_factory, name, plugin_config({"tiny": "tiny_checks.checks"}))
+    course = make_course(tmp_path_factory, name, plugin_config({"tiny": "tiny_checks.checks"}) + config)
     plugin = course / PLUGINS / "tiny_checks"
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text("")
@@ -195,3 +195,34 @@ def test_changing_a_check_and_points_after_grading_regrades_everyone(tmp_path_fa
     for student in ("correct", "constant_batch"):
         assert after[student]["task2_update_numpy_correct"] == (3.0, 3.0)
         assert after[student]["task1_random_batch_changes"] == (0.0, 1.0)
+
+
+def test_one_submission_runs_in_a_kernel_started_and_preloaded_while_the_driver_prepared_it(tmp_path_factory):
+    """`nncourse grade` of one submission starts its kernel before sanitizing, importing the
+    preload modules without naming them in the notebook; plain nbgrader starts it as usual."""
+    source = tiny_source()
+    source.cells.append(cell("code", 'import sys\nprint("wave" in sys.modules, "wave" in globals())', "preloaded",
+                             locked=True))
+    course = tiny_course(tmp_path_factory, "kernel_in_advance", source=source,
+                         config='\nc.SandboxedExecute.preload_modules = ["wave"]\n')
+    submit_tiny(course, "alice", "return a + b")
+    kernels = set(kernel_processes())
+    results = batch.grade(course, workers=1, assignment="tiny")
+    assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
+    assert not set(kernel_processes()) - kernels  # the kernel it used is stopped
+    printed = notebook.cells_by_id(notebook.read(course / "autograded" / "alice" / "tiny" / "tiny.ipynb"))
+    assert printed["preloaded"].outputs[0]["text"] == "True False\n"
+    grading.nbgrader(course, "autograde", "tiny", "--force")
+    printed = notebook.cells_by_id(notebook.read(course / "autograded" / "alice" / "tiny" / "tiny.ipynb"))
+    assert printed["preloaded"].outputs[0]["text"] == "False False\n"
+
+
+def kernel_processes():
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            if process.name.isdigit() and b"ipykernel_launcher" in (process / "cmdline").read_bytes():
+                found.append(process.name)
+        except OSError:  # it ended meanwhile
+            pass
+    return found
