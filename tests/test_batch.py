@@ -242,3 +242,13 @@ def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
         assert not runner.submit(imported, name="tabnanny").result()
     finally:
         runner.close()
+
+
+def test_reading_a_notebook_does_not_compile_an_iri_grammar_in_every_grading_process():
+    """./setup removes rfc3987-syntax (2.6 s at each import of nbformat, for a format nothing here checks)."""
+    import subprocess
+    import sys
+    probe = subprocess.run([sys.executable, "-c", "import sys, nbformat.validator, jsonschema; "
+                            "print(sorted(m for m in sys.modules if m.startswith('rfc3987_syntax')))"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]", probe.stdout
