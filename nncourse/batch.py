@@ -160,7 +160,12 @@ def start_kernel_in_advance(settings, threads):
     imports while the driver prepares the notebook (one submission at a time, in the driver)."""
     config, data_dir = kernel_config(settings, threads)
     if data_dir and not sandbox_disabled(config.SandboxedKernelManager.get("enabled", True)):
-        KERNELS_IN_ADVANCE[advance_key(settings, threads)] = KernelInAdvance(config)
+        try:
+            KERNELS_IN_ADVANCE[advance_key(settings, threads)] = KernelInAdvance(config)
+        except SandboxError:
+            raise
+        except Exception:  # the notebook's own kernel start will say what is wrong
+            pass
 
 
 def stop_kernels_in_advance():
