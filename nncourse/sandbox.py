@@ -349,8 +349,11 @@ class KernelInAdvance:
         """Stop the kernel if no notebook ran in it (SandboxedExecute stops those it ran)."""
         from nbclient.util import run_sync
         self.client.stop_channels()
-        if self.km.has_kernel:
-            run_sync(self.km.shutdown_kernel)(now=True)
+        try:
+            if self.km.has_kernel:
+                run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:  # already gone (a notebook that killed its kernel): nothing to stop
+            pass
 
 
 def mark_unrun_cells(nb, reason):

@@ -217,6 +217,17 @@ def test_one_submission_runs_in_a_kernel_started_and_preloaded_while_the_driver_
     assert printed["preloaded"].outputs[0]["text"] == "False False\n"
 
 
+def test_a_kernel_started_in_advance_that_dies_still_gives_the_student_a_grade(tmp_path_factory):
+    """A notebook that kills the kernel it was given: graded, the test at 0 with the reason, nothing left running."""
+    course = tiny_course(tmp_path_factory, "kernel_in_advance_dies", config='\nc.SandboxedExecute.preload_modules = ["wave"]\n')
+    submit_tiny(course, "mallory", "import os\n    os._exit(1)")
+    kernels = set(kernel_processes())
+    results = batch.grade(course, workers=1, assignment="tiny")
+    assert results["mallory"].graded and "died" in results["mallory"].reason, results["mallory"]
+    assert scores(course, "tiny", "tiny")["mallory"]["add_correct"] == (0.0, 2.0)
+    assert not set(kernel_processes()) - kernels
+
+
 def kernel_processes():
     found = []
     for process in Path("/proc").iterdir():
