@@ -95,8 +95,6 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1).
     `settings` are the driver's configuration sections for these steps; `environment` is the
     driver's grading_environment(): a worker that differs refuses the task (Outcome.unfit)."""
-    from nbgrader.utils import setenv
-
     started = time.time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
     config, data_dir = kernel_config(settings, threads)
@@ -111,9 +109,24 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         return Outcome(student, sha, worker=worker, reason=problem, unfit=dask_address() or worker)
     nb = nbformat.reads(notebook_json, as_version=4)
     advance = KERNELS_IN_ADVANCE.pop(advance_key(settings, threads), None)
-    if advance and not advance.fits(nb):  # another kernel: start that one as usual
-        advance.close()
-        advance = None
+    try:
+        if advance and not advance.fits(nb):  # another kernel: start that one as usual
+            advance.close()
+            advance = None
+        nb, phases = run_and_decide(nb, config, timeout, assignment, notebook_name, student,
+                                    verdict_steps, advance)
+    finally:
+        if advance:
+            advance.close()
+    return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
+                   worker, decided=bool(verdict_steps), phases={k: round(v, 2) for k, v in phases.items()})
+
+
+def run_and_decide(nb, config, timeout, assignment, notebook_name, student, verdict_steps, advance):
+    """Execute the notebook in a sandboxed kernel (`advance`'s, if given) and decide its verdicts:
+    (notebook, seconds by phase)."""
+    from nbgrader.utils import setenv
+
     with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, setenv(NBGRADER_EXECUTION="autograde"):
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
@@ -122,19 +135,14 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
         executing = time.time()
         execute = SandboxedExecute(config=config, timeout=timeout)
         execute.after_cell = early.cell_done
-        try:
-            nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
-        finally:
-            if advance:
-                advance.close()
+        nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
         phases = execution_phases(nb, executing, time.time())
         deciding = time.time()
         for step in steps:
             nb, resources = step.preprocess(nb, resources, decided=early.decided(step))
         phases["verdicts after the kernel"] = time.time() - deciding
         phases["verdicts"] = early.seconds
-    return Outcome(student, sha, nbformat.writes(nb), why_not_normal(nb, timeout), round(time.time() - started, 1),
-                   worker, decided=bool(verdict_steps), phases={k: round(v, 2) for k, v in phases.items()})
+    return nb, phases
 
 
 def kernel_config(settings, threads):

@@ -257,10 +257,19 @@ class SandboxedExecute(Execute):
             reason = f"{type(err).__name__}: {err}"
         finally:
             if km is not None:  # nbclient leaves a kernel it did not start running
-                self._cleanup_kernel()
+                self.stop_given_kernel()
         nb.metadata.setdefault("nncourse", {})["stopped"] = reason
         mark_unrun_cells(nb, f"not run: {reason}")
         return nb, resources
+
+    def stop_given_kernel(self):
+        """Stop the kernel passed to preprocess; one that died is already gone (nbclient may have
+        cleaned it up itself)."""
+        try:
+            if self.km is not None:
+                self._cleanup_kernel()
+        except Exception as err:
+            self.log.warning("could not stop the kernel: %s: %s", type(err).__name__, err)
 
     after_cell = None  # called as after_cell(nb, index) once a cell has run (batch workers: EarlyVerdicts)
 
@@ -336,11 +345,15 @@ class KernelInAdvance:
             run_sync(self.km.start_kernel)(extra_arguments=[*execute.extra_arguments,
                                                             f"--HistoryManager.hist_file={execute.ipython_hist_file}"])
         self.client = BlockingKernelClient()
-        self.client.load_connection_info(self.km.get_connection_info())
-        self.client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
-        if execute.preload_modules:  # queued: the kernel runs it once it is up
-            self.client.execute(f"[__import__(name) for name in {list(execute.preload_modules)!r}]",
-                                silent=True, store_history=False)
+        try:
+            self.client.load_connection_info(self.km.get_connection_info())
+            self.client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+            if execute.preload_modules:  # queued: the kernel runs it once it is up
+                self.client.execute(f"[__import__(name) for name in {list(execute.preload_modules)!r}]",
+                                    silent=True, store_history=False)
+        except Exception:
+            self.close()
+            raise
 
     def fits(self, nb):
         return (nb.metadata.get("kernelspec", {}).get("name") or "python3") == self.kernel_name
@@ -348,8 +361,8 @@ class KernelInAdvance:
     def close(self):
         """Stop the kernel if no notebook ran in it (SandboxedExecute stops those it ran)."""
         from nbclient.util import run_sync
-        self.client.stop_channels()
         try:
+            self.client.stop_channels()
             if self.km.has_kernel:
                 run_sync(self.km.shutdown_kernel)(now=True)
         except Exception:  # already gone (a notebook that killed its kernel): nothing to stop

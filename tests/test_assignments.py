@@ -97,7 +97,10 @@ def scores(course, assignment, notebook_name):
 
 
 def tiny_course(tmp_path_factory, name, checks=TINY_CHECKS, source=None, config=""):
-    """A course with the tiny assignment as a plug-in, its release generated."""
+    """A course with the tiny assignment as a plug-in, its release generated. Every such course
+    has its own `tiny_checks`: the one an earlier test imported in this process is forgotten."""
+    for module in [m for m in sys.modules if m == "tiny_checks" or m.startswith("tiny_checks.")]:
+        del sys.modules[module]
     course = make_course(tmp_path_factory, name, plugin_config({"tiny": "tiny_checks.checks"}) + config)
     plugin = course / PLUGINS / "tiny_checks"
     plugin.mkdir(parents=True)

@@ -471,7 +471,7 @@ def warm_up(step):
 
 def arrays_key(arrays):
     """A key for numeric arrays (their dtypes, shapes and bytes), or None for any other kind."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.asarray(a) for a in arrays]
     if not all(a.dtype.kind in "biuf" for a in arrays):
         return None
     digest = hashlib.sha256()
