@@ -31,6 +31,7 @@ import importlib
 import io
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -84,18 +85,94 @@ class Verdict:
     message: str = ""
 
 
+# checks module name -> (its folder, digest of that folder's files) when load_assignment imported it
+IMPORTED_CHECKS = {}
+
+
 def load_assignment(module_name):
-    return importlib.import_module(module_name)
+    """The assignment's checks module. It is imported again, with the rest of its package, when the
+    module that name finds now is in another folder or its files changed since they were imported:
+    a long-lived Dask worker, or a process that grades several courses, never judges with stale checks."""
+    folder = checks_folder(module_name)
+    now = (folder, folder_digest(folder))
+    loaded = sys.modules.get(module_name)
+    if loaded is not None:
+        then = IMPORTED_CHECKS.get(module_name) or (Path(loaded.__file__).parent, now[1])
+        if then != now:
+            forget_package(module_name, folder)
+    module = importlib.import_module(module_name)
+    IMPORTED_CHECKS[module_name] = now
+    return module
 
 
-def checks_digest(module):
-    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
+def checks_folder(module_name):
+    """The folder that importing `module_name` would load it from now (None if it is not found),
+    looked up afresh on the path, not in the modules already imported."""
+    from importlib.machinery import PathFinder
     from importlib.util import find_spec
-    spec = find_spec(module)
-    if not spec or not spec.origin:
+    package = module_name.rpartition(".")[0] or module_name
+    parent, _, last = package.rpartition(".")
+    importlib.invalidate_caches()
+    try:
+        spec = PathFinder.find_spec(last, importlib.import_module(parent).__path__ if parent else None)
+        spec = spec or find_spec(package)  # found by another finder (an editable install, say)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def folder_digest(folder):
+    """Hash of the Python files in `folder` ("" for None)."""
+    if folder is None:
         return ""
-    parts = sorted((p.name, p.read_text()) for p in Path(spec.origin).parent.glob("*.py"))
+    parts = sorted((p.name, p.read_text()) for p in folder.glob("*.py"))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def forget_package(module_name, folder):
+    """Drop the package of `module_name` from the imported modules, and the bytecode cached for
+    `folder` (it is trusted when a file changed within the same second and kept its size)."""
+    package = module_name.rpartition(".")[0] or module_name
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+    for cached in (folder / "__pycache__").glob("*.pyc") if folder else ():
+        cached.unlink(missing_ok=True)
+
+
+def checks_digest(module_name):
+    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
+    return folder_digest(checks_folder(module_name))
+
+
+class Memo:
+    """Results computed once per process for numeric arrays equal to the last bit (the same dtypes,
+    shapes and bytes), under a key of the caller's. Other kinds of arrays are never remembered."""
+
+    def __init__(self):
+        self.known = {}
+
+    def get(self, key, arrays, compute):
+        digest = arrays_key(arrays)
+        if digest is None:
+            return compute()
+        if (key, digest) not in self.known:
+            self.known[key, digest] = compute()
+        return self.known[key, digest]
+
+
+def arrays_key(arrays):
+    """A key for numeric arrays (their dtypes, shapes and bytes), or None for any other kind."""
+    arrays = [np.asarray(a) for a in arrays]
+    if not all(a.dtype.kind in "biuf" for a in arrays):
+        return None
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ kernel side
@@ -132,10 +209,13 @@ def encode_arrays(arrays):
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-@lru_cache(maxsize=4)
 def kernel_cell(module_name):
     """Source of the hidden set-up cell: the probes, the inputs, and `_report`."""
-    assignment = load_assignment(module_name)
+    return kernel_cell_of(load_assignment(module_name))
+
+
+@lru_cache(maxsize=4)
+def kernel_cell_of(assignment):
     body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
                               inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
     return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"

@@ -14,7 +14,7 @@ import pytest
 from nncourse import batch, grading, notebook
 from nncourse.assignments.tutorial3.samples import BY_NAME
 
-from conftest import REPO, make_course
+from conftest import REPO, local_dask, make_course
 
 pytestmark = pytest.mark.slow  # grades notebooks
 PLUGINS = "assignment_plugins"  # a folder of the course, put on sys.path by its nbgrader_config.py
@@ -97,10 +97,7 @@ def scores(course, assignment, notebook_name):
 
 
 def tiny_course(tmp_path_factory, name, checks=TINY_CHECKS, source=None, config=""):
-    """A course with the tiny assignment as a plug-in, its release generated. Every such course
-    has its own `tiny_checks`: the one an earlier test imported in this process is forgotten."""
-    for module in [m for m in sys.modules if m == "tiny_checks" or m.startswith("tiny_checks.")]:
-        del sys.modules[module]
+    """A course with the tiny assignment as a plug-in (each course its own `tiny_checks`), its release generated."""
     course = make_course(tmp_path_factory, name, plugin_config({"tiny": "tiny_checks.checks"}) + config)
     plugin = course / PLUGINS / "tiny_checks"
     plugin.mkdir(parents=True)
@@ -153,6 +150,32 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
     started, finished = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00")).timestamp()
                          for k in ("iopub.status.busy", "iopub.status.idle"))
     assert len(decided) == 1 and decided[0] < finished - 1, (decided, started, finished)
+
+
+def test_a_dask_worker_judges_with_the_checks_as_they_are_now(tmp_path_factory):
+    """A worker that graded before imports the checks again once they changed (it is not restarted)."""
+    course = tiny_course(tmp_path_factory, "dask_checks_changed")
+    submit_tiny(course, "alice", "return a + b")
+    plugins = {"PYTHONPATH": f"{REPO}:{course / PLUGINS}"}
+    with local_dask(tmp_path_factory.mktemp("dask_checks"), [plugins]) as address:
+        assert batch.grade(course, scheduler=address, workers=1, assignment="tiny")["alice"].graded
+        assert scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
+        checks = course / PLUGINS / "tiny_checks" / "checks.py"
+        checks.write_text(checks.read_text() + STRICTER_TINY_CHECK)
+        results = batch.grade(course, scheduler=address, workers=1, assignment="tiny")
+    assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (0.0, 2.0)
+    autograded = notebook.read(course / "autograded" / "alice" / "tiny" / "tiny.ipynb")
+    assert "made stricter" in str(notebook.cells_by_id(autograded)["add_correct"].outputs)
+
+
+STRICTER_TINY_CHECK = """
+
+def _stricter(report, context):
+    raise Failed("this check was made stricter after grading")
+
+
+CHECKS["add_correct"] = Check(_stricter, CHECKS["add_correct"].fields)
+"""
 
 
 def nncourse_grade(course):

@@ -3,6 +3,7 @@ stand for a student's notebook, and their reports go through the same encoding, 
 schema as in grading."""
 import base64
 import io
+import sys
 
 import nbformat
 import numpy as np
@@ -89,7 +90,7 @@ def test_a_worker_predicts_the_test_set_once_for_parameters_equal_to_the_last_bi
     """Equal parameters are predicted once per process; a change in any value, or dtype, anew."""
     calls, predict = [], ref.predict
     monkeypatch.setattr(ref, "predict", lambda *args: calls.append(args[0]) or predict(*args))
-    monkeypatch.setattr(checks, "KNOWN_ACCURACIES", {})
+    monkeypatch.setattr(checks, "KNOWN_ACCURACIES", verdicts.Memo())
     params = [ref.as_numpy(p) for p in ref.init_params("MLP_Torch")[0]]
     first = context.test_accuracy("MLP_Torch", params)
     predicted = len(calls)
@@ -351,3 +352,28 @@ def test_retraining_runs_only_what_was_defined_when_the_model_trained():
     assert BONUS_CELL not in sources
     cnn = [c.source for c in retrain_notebook(nb, "CNN_Torch_Autograd", student_model=False).cells[:-1]]
     assert any("class CNN_Torch_Autograd" in s for s in cnn) and BONUS_CELL not in cnn
+
+
+def write_package(folder, value):
+    (folder / "stale_pkg").mkdir(parents=True, exist_ok=True)
+    (folder / "stale_pkg" / "__init__.py").write_text("")
+    (folder / "stale_pkg" / "reference.py").write_text(f"VALUE = {value}\n")
+    (folder / "stale_pkg" / "checks.py").write_text("from .reference import VALUE\n")
+
+
+def test_checks_are_imported_again_when_their_files_or_folder_changed(tmp_path, monkeypatch):
+    """A process that has imported the checks judges with the files as they are now, wherever the path finds them."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # a cached .pyc must not hide a change either
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    write_package(tmp_path / "first", 1)
+    loaded = verdicts.load_assignment("stale_pkg.checks")
+    assert loaded.VALUE == 1
+    assert verdicts.load_assignment("stale_pkg.checks") is loaded  # unchanged: not imported again
+    write_package(tmp_path / "first", 2)  # the reference changes, next to the checks
+    assert verdicts.load_assignment("stale_pkg.checks").VALUE == 2
+    write_package(tmp_path / "second", 3)  # another course's package of the same name, first on the path
+    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    assert verdicts.load_assignment("stale_pkg.checks").VALUE == 3
+    assert verdicts.checks_digest("stale_pkg.checks") == verdicts.folder_digest(tmp_path / "second" / "stale_pkg")
+    for name in [m for m in sys.modules if m.startswith("stale_pkg")]:
+        monkeypatch.delitem(sys.modules, name)

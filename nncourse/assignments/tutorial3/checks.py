@@ -9,7 +9,6 @@ Messages say what is wrong, never the answer. Expected figures for the final acc
   sandboxed kernel (retrain.py): that student already lost those helpers' points;
 - if a helper crashes, the student's model trained with correct helpers (also sandboxed).
 """
-import hashlib
 import inspect
 import os
 from functools import lru_cache
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from . import data
-from nncourse.verdicts import Check, Failed
+from nncourse.verdicts import Check, Failed, Memo
 from . import reference as ref
 
 PROBES_FILE = Path(__file__).with_name("probes.py")
@@ -469,31 +468,10 @@ def warm_up(step):
     mnist(data_dir(step), False)
 
 
-def arrays_key(arrays):
-    """A key for numeric arrays (their dtypes, shapes and bytes), or None for any other kind."""
-    arrays = [np.asarray(a) for a in arrays]
-    if not all(a.dtype.kind in "biuf" for a in arrays):
-        return None
-    digest = hashlib.sha256()
-    for a in arrays:
-        digest.update(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
-    return digest.hexdigest()
-
-
-# (what, model, MNIST folder, arrays_key) -> accuracy, in this process only: the same parameters
-# (or batch indices) give the same figure, so a worker computes it once for all the students whose
-# models are equal to the last bit, most often the correct ones.
-KNOWN_ACCURACIES = {}
-
-
-def remembered(what, model_name, data_dir, arrays, compute):
-    key = arrays_key(arrays)
-    if key is None:
-        return compute()
-    key = (what, model_name, data_dir, key)
-    if key not in KNOWN_ACCURACIES:
-        KNOWN_ACCURACIES[key] = compute()
-    return KNOWN_ACCURACIES[key]
+# Accuracies, in this process only: the same parameters (or batch indices) give the same figure,
+# so a worker computes it once for all the students whose models are equal to the last bit, most
+# often the correct ones.
+KNOWN_ACCURACIES = Memo()
 
 
 class Context:
@@ -510,7 +488,8 @@ class Context:
         return cell is None or any(o.get("output_type") == "error" for o in cell.get("outputs", []))
 
     def test_accuracy(self, model_name, params):
-        return remembered("test", model_name, self.data_dir, params, lambda: self._test_accuracy(model_name, params))
+        return KNOWN_ACCURACIES.get(("test", model_name, self.data_dir), params,
+                                    lambda: self._test_accuracy(model_name, params))
 
     def _test_accuracy(self, model_name, params):
         images, labels = mnist(self.data_dir, False)
@@ -521,8 +500,8 @@ class Context:
                          f"({type(err).__name__}); check their shapes.") from None
 
     def reference_accuracy(self, model_name, indices):
-        return remembered("reference", model_name, self.data_dir, [indices],
-                          lambda: self._reference_accuracy(model_name, indices))
+        return KNOWN_ACCURACIES.get(("reference", model_name, self.data_dir), [indices],
+                                    lambda: self._reference_accuracy(model_name, indices))
 
     def _reference_accuracy(self, model_name, indices):
         images, labels = mnist(self.data_dir, True)
