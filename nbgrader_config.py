@@ -5,14 +5,14 @@ from pathlib import Path
 COURSE_ROOT = Path(__file__).resolve().parent
 
 from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, ComputeChecksums, DeduplicateIds, GetGrades, IgnorePattern,
+    AssignLatePenalties, ClearOutput, ComputeChecksums, DeduplicateIds, GetGrades, IgnorePattern,
     IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells, OverwriteKernelspec, SaveAutoGrades, SaveCells)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
 from nncourse.guard import RestoreCells  # noqa: E402
 from nncourse.profile import GradingProfile  # noqa: E402
 from nncourse.preprocessors import (  # noqa: E402
-    ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
+    CheckCellMetadata, ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks, HideGraderOnlyText)
 from nncourse.sandbox import SandboxedExecute  # noqa: E402
 from nncourse.verdicts import DecideVerdicts, InsertProbes  # noqa: E402
 
@@ -55,6 +55,7 @@ c.Autograde.autograde_preprocessors = [
 ]
 
 # nbgrader's own list, with our versions of the three clearing steps (see nncourse/preprocessors.py).
+# CheckCellMetadata, here and above, is nbgrader's with the metadata schema checked once per process.
 c.GenerateAssignment.preprocessors = [
     IncludeHeaderFooter, InstantiateTests, LockCells, ClearSolutionsToBlanks, ClearOutput, CheckCellMetadata,
     ComputeChecksums, SaveCells, ClearHiddenRegions, ClearMarkSchemes, ComputeChecksums, CheckCellMetadata,

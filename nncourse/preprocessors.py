@@ -5,11 +5,16 @@
 - ClearHiddenRegions / ClearMarkSchemes: also accept hidden code and rubrics in read-only
   (locked) cells; nbgrader restores those from the gradebook when it autogrades.
 - HideGraderOnlyText: strips hidden tests and rubrics from feedback (nbgrader issue #917).
+- CheckCellMetadata: nbgrader's, with its schema checked once per process.
 """
 import re
+import traceback
+from functools import lru_cache
 
 from nbformat.v4 import new_output
 from nbgrader import utils
+from nbgrader.nbgraderformat import MetadataValidator, ValidationError
+from nbgrader.nbgraderformat.common import BaseMetadataValidator
 from nbgrader.preprocessors import ClearHiddenTests, ClearMarkScheme, ClearSolutions, NbGraderPreprocessor
 
 STUB_PREFIX = "# STUB: "
@@ -123,3 +128,49 @@ def output_texts(output):
     texts += [v if isinstance(v, str) else "".join(v) for v in output.get("data", {}).values()
               if isinstance(v, (str, list))]
     return [t if isinstance(t, str) else "".join(t) for t in texts]
+
+
+@lru_cache(maxsize=None)
+def schema_validator(schema_json):
+    """A jsonschema validator of `schema_json`, the schema itself checked once."""
+    import json
+
+    from jsonschema.validators import validator_for
+    schema = json.loads(schema_json)
+    cls = validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+class OnceCheckedSchema(BaseMetadataValidator):
+    """The schema part of nbgrader's metadata validation: jsonschema.validate checks the schema
+    itself again for every cell, 0.3 s of each pass over this notebook; this checks it once."""
+
+    def validate_cell(self, cell):
+        import json
+
+        from jsonschema.exceptions import best_match
+        meta = cell.metadata.get("nbgrader")
+        if meta is None or meta.get("schema_version", 0) != self.schema_version:
+            return super().validate_cell(cell)  # no metadata, or nbgrader's schema version errors
+        error = best_match(schema_validator(json.dumps(self.schema, sort_keys=True)).iter_errors(meta))
+        if error is not None:
+            raise error
+
+
+class OnceCheckedValidator(MetadataValidator, OnceCheckedSchema):
+    """nbgrader's MetadataValidator, all its checks; its schema part (its base's) is OnceCheckedSchema."""
+
+
+class CheckCellMetadata(NbGraderPreprocessor):
+    """nbgrader's CheckCellMetadata (same checks, same error), with OnceCheckedValidator."""
+
+    def preprocess(self, nb, resources):
+        try:
+            OnceCheckedValidator().validate_nb(nb)
+        except ValidationError:
+            self.log.error(traceback.format_exc())
+            msg = "Notebook failed to validate; the nbgrader metadata may be corrupted."
+            self.log.error(msg)
+            raise ValidationError(msg)
+        return nb, resources

@@ -2,8 +2,14 @@
 import nbformat
 import pytest
 
-from nncourse.preprocessors import (ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks,
+from nbgrader.nbgraderformat import SchemaTooOldError, ValidationError
+from nbgrader.preprocessors import CheckCellMetadata as NbgraderCheckCellMetadata
+
+from nncourse import notebook, preprocessors
+from nncourse.preprocessors import (CheckCellMetadata, ClearHiddenRegions, ClearMarkSchemes, ClearSolutionsToBlanks,
                                     HideGraderOnlyText)
+
+from conftest import SOURCE
 
 
 def code_cell(source, **nbgrader):
@@ -78,3 +84,47 @@ def test_feedback_drops_outputs_that_show_hidden_code():
     assert nb.cells[1].outputs[0].text == "[output removed: it showed the grader's hidden code]\n"
     assert nb.cells[2].outputs[0].text == "reference_answer is 2\n"
     assert "compute_the_reference" not in nb.cells[0].source
+
+
+CORRUPTIONS = {
+    "valid": lambda meta: None,
+    "points not a number": lambda meta: meta.update(points="two"),
+    "grade_id missing": lambda meta: meta.pop("grade_id"),
+    "grade not a boolean": lambda meta: meta.update(grade="yes"),
+    "old schema": lambda meta: meta.update(schema_version=1),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_cell_metadata_check_decides_as_nbgraders_own(corruption):
+    """Our CheckCellMetadata passes and fails exactly the notebooks that nbgrader's does."""
+    nb = notebook.read(SOURCE)
+    graded = next(c for c in nb.cells if notebook.meta(c).get("grade"))
+    CORRUPTIONS[corruption](graded.metadata["nbgrader"])
+    outcomes = []
+    for step in (NbgraderCheckCellMetadata(), CheckCellMetadata()):
+        try:
+            step.preprocess(nbformat.from_dict(nb), {})
+            outcomes.append("passed")
+        except (ValidationError, SchemaTooOldError) as err:
+            outcomes.append(f"{type(err).__name__}: {err}")
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] == "passed") == (corruption == "valid"), outcomes
+
+
+def test_cell_metadata_schema_is_checked_once_per_process_not_once_per_cell(monkeypatch):
+    """nbgrader's step checks the schema itself for every cell; ours once, for any number of notebooks."""
+    import jsonschema
+    checked = []
+    original = jsonschema.Draft4Validator.check_schema.__func__
+    monkeypatch.setattr(jsonschema.Draft4Validator, "check_schema",
+                        classmethod(lambda cls, schema, **kw: checked.append(1) or original(cls, schema, **kw)))
+    preprocessors.schema_validator.cache_clear()
+    nb = notebook.read(SOURCE)
+    cells = sum("nbgrader" in c.metadata for c in nb.cells)
+    NbgraderCheckCellMetadata().preprocess(nb, {})
+    assert len(checked) == cells > 10
+    checked.clear()
+    for _ in range(2):
+        CheckCellMetadata().preprocess(nb, {})
+    assert len(checked) == 1
