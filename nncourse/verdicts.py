@@ -32,6 +32,7 @@ import io
 import json
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -87,22 +88,24 @@ class Verdict:
 
 # checks module name -> (its folder, digest of that folder's files) when load_assignment imported it
 IMPORTED_CHECKS = {}
+IMPORTING = threading.RLock()  # a worker's tasks and verdict threads load the checks concurrently
 
 
 def load_assignment(module_name):
     """The assignment's checks module. It is imported again, with the rest of its package, when the
     module that name finds now is in another folder or its files changed since they were imported:
     a long-lived Dask worker, or a process that grades several courses, never judges with stale checks."""
-    folder = checks_folder(module_name)
-    now = (folder, folder_digest(folder))
-    loaded = sys.modules.get(module_name)
-    if loaded is not None:
-        then = IMPORTED_CHECKS.get(module_name) or (Path(loaded.__file__).parent, now[1])
-        if then != now:
-            forget_package(module_name, folder)
-    module = importlib.import_module(module_name)
-    IMPORTED_CHECKS[module_name] = now
-    return module
+    with IMPORTING:
+        folder = checks_folder(module_name)
+        now = (folder, folder_digest(folder))
+        loaded = sys.modules.get(module_name)
+        if loaded is not None:
+            where = getattr(loaded, "__file__", None)
+            if (IMPORTED_CHECKS.get(module_name) or (where and Path(where).parent, now[1])) != now:
+                forget_package(module_name, folder)
+        module = importlib.import_module(module_name)
+        IMPORTED_CHECKS[module_name] = now
+        return module
 
 
 def checks_folder(module_name):
