@@ -9,6 +9,7 @@ import nbformat
 import numpy as np
 import pytest
 import torch
+from traitlets.config import Config
 
 from nncourse import verdicts
 from nncourse.assignments.tutorial3 import checks, probes
@@ -32,17 +33,11 @@ class NoRetrain(checks.Context):
 
 
 @pytest.fixture(scope="module")
-def context(monkeypatch_module):
-    monkeypatch_module.setenv("MNIST_DIR", str(DATA_DIR))
+def context():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(metadata={"nbgrader": {"grade_id": f"task{i}_train"}})
                                          for i in range(2, 6)])
-    return NoRetrain({}, nb, verdicts.DecideVerdicts())
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+    config = Config({"SandboxedKernelManager": {"data_dir": str(DATA_DIR)}})
+    return NoRetrain({}, nb, verdicts.DecideVerdicts(config=config))
 
 
 def verdict(test, ns, context):

@@ -10,7 +10,6 @@ Messages say what is wrong, never the answer. Expected figures for the final acc
 - if a helper crashes, the student's model trained with correct helpers (also sandboxed).
 """
 import inspect
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from . import data
+from nncourse.sandbox import configured_data_dir
 from nncourse.verdicts import Check, Failed, Memo
 from . import reference as ref
 
@@ -459,8 +459,7 @@ def mnist(data_dir, train):
 
 def data_dir(step):
     """The grader's copy of MNIST: the folder the kernels are shown."""
-    return (step.config.SandboxedKernelManager.get("data_dir") or os.environ.get("MNIST_DIR")
-            or str(Path.cwd() / "data" / "mnist"))
+    return configured_data_dir(step.config) or str(Path.cwd() / "data" / "mnist")
 
 
 def warm_up(step):
