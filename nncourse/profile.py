@@ -18,7 +18,6 @@ The assignment's checks module names what the profile may change:
 """
 import ast
 import hashlib
-import importlib
 import json
 import os
 import secrets
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from traitlets import Bool, Integer
 
-from .verdicts import AssignmentStep, checks_digest
+from .verdicts import AssignmentStep, checks_digest, load_assignment
 
 NOTE = ("# Grading run: the test set was evaluated every {every} iterations and at the last one "
         "(every {was} in the notebook), to grade faster. Your results are the same.\n")
@@ -150,7 +149,7 @@ def ensure_prepared(nb, data_dir, log=None):
     try:
         import numpy as np
         partial.mkdir(parents=True)
-        for name, array in importlib.import_module(request["module"]).prepare(data_dir).items():
+        for name, array in load_assignment(request["module"]).prepare(data_dir).items():
             np.save(partial / f"{name}.npy", array)
         os.chmod(partial, 0o755)
         os.rename(partial, target)

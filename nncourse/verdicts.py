@@ -26,6 +26,7 @@ The flow, as nbgrader steps (nbgrader_config.py):
 """
 import base64
 import binascii
+import contextlib
 import hashlib
 import importlib
 import io
@@ -34,8 +35,8 @@ import re
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -86,69 +87,89 @@ class Verdict:
     message: str = ""
 
 
-# checks module name -> (its folder, digest of that folder's files) when load_assignment imported it
+# checks module name -> (where its files are, their digest) when load_assignment imported it
 IMPORTED_CHECKS = {}
 IMPORTING = threading.RLock()  # a worker's tasks and verdict threads load the checks concurrently
 
 
 def load_assignment(module_name):
-    """The assignment's checks module. It is imported again, with the rest of its package, when the
-    module that name finds now is in another folder or its files changed since they were imported:
-    a long-lived Dask worker, or a process that grades several courses, never judges with stale checks."""
+    """The assignment's checks module. It is imported again when the checks' files (checks_files)
+    changed since they were imported, or when the name now leads to another place: a long-lived
+    Dask worker, or a process that grades several courses, never judges with stale checks.
+    One notebook keeps the module it started with (AssignmentStep.assignment)."""
     with IMPORTING:
-        folder = checks_folder(module_name)
-        now = (folder, folder_digest(folder))
+        where, files = checks_files(module_name)
+        now = (where, files_digest(files))
         loaded = sys.modules.get(module_name)
         if loaded is not None:
-            where = getattr(loaded, "__file__", None)
-            if (IMPORTED_CHECKS.get(module_name) or (where and Path(where).parent, now[1])) != now:
-                forget_package(module_name, folder)
+            if module_name not in IMPORTED_CHECKS:  # imported by other code: trust its files as they are
+                IMPORTED_CHECKS[module_name] = (checks_place(module_name, loaded), now[1])
+            if IMPORTED_CHECKS[module_name] != now:
+                forget_checks(module_name, files)
         module = importlib.import_module(module_name)
         IMPORTED_CHECKS[module_name] = now
         return module
 
 
-def checks_folder(module_name):
-    """The folder that importing `module_name` would load it from now (None if it is not found),
-    looked up afresh on the path, not in the modules already imported."""
+def own_package(module_name):
+    """The package that is the checks' own (its files are theirs, reimported with them), or None when
+    the checks module is a top-level file or sits in a package that holds this machinery too."""
+    package = module_name.rpartition(".")[0]
+    return package if package and not __name__.startswith(package + ".") else None
+
+
+def checks_place(module_name, module):
+    package = own_package(module_name)
+    where = getattr(sys.modules.get(package) if package else module, "__file__", None)
+    return where and (Path(where).parent if package else Path(where))
+
+
+def checks_files(module_name):
+    """(where the checks are, their Python files), as importing `module_name` would find them now,
+    looked up afresh, not in the modules already imported: the .py files directly in the checks'
+    own package, or the checks module's file alone. (None, []) when it is not found."""
     from importlib.machinery import PathFinder
-    from importlib.util import find_spec
-    package = module_name.rpartition(".")[0] or module_name
-    parent, _, last = package.rpartition(".")
+    package = own_package(module_name)
+    name = package or module_name
+    parent, _, last = name.rpartition(".")
     importlib.invalidate_caches()
     try:
         spec = PathFinder.find_spec(last, importlib.import_module(parent).__path__ if parent else None)
-        spec = spec or find_spec(package)  # found by another finder (an editable install, say)
     except (ImportError, AttributeError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(spec.origin).parent if spec.origin else None
+        spec = None
+    if spec is None or not (spec.origin or spec.submodule_search_locations):
+        return None, []
+    if package:
+        folder = Path(list(spec.submodule_search_locations)[0])
+        return folder, sorted(folder.glob("*.py"))
+    return Path(spec.origin), [Path(spec.origin)]
 
 
-def folder_digest(folder):
-    """Hash of the Python files in `folder` ("" for None)."""
-    if folder is None:
+def files_digest(files):
+    """Hash of the names and contents of `files` ("" for none)."""
+    if not files:
         return ""
-    parts = sorted((p.name, p.read_text()) for p in folder.glob("*.py"))
+    parts = [(f.name, f.read_text()) for f in files]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def forget_package(module_name, folder):
-    """Drop the package of `module_name` from the imported modules, and the bytecode cached for
-    `folder` (it is trusted when a file changed within the same second and kept its size)."""
-    package = module_name.rpartition(".")[0] or module_name
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+def forget_checks(module_name, files):
+    """Drop the checks (their own package, or the module alone) from the imported modules, and the
+    bytecode cached for their files: it is trusted when a file changed within the same second and
+    kept its size. A cache that cannot be removed (a read-only checkout) is left alone."""
+    package = own_package(module_name)
+    for name in [m for m in sys.modules if m == module_name or (package and (m == package or
+                                                                             m.startswith(package + ".")))]:
         del sys.modules[name]
-    for cached in (folder / "__pycache__").glob("*.pyc") if folder else ():
-        cached.unlink(missing_ok=True)
+    for source in files:
+        for cached in (source.parent / "__pycache__").glob(f"{source.stem}.*.pyc"):
+            with contextlib.suppress(OSError):
+                cached.unlink()
 
 
 def checks_digest(module_name):
-    """Hash of the Python files in the folder of the assignment's checks module ("" if not found)."""
-    return folder_digest(checks_folder(module_name))
+    """Hash of the checks' files (checks_files), "" if they are not found."""
+    return files_digest(checks_files(module_name)[1])
 
 
 class Memo:
@@ -212,16 +233,16 @@ def encode_arrays(arrays):
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def kernel_cell(module_name):
+KERNEL_CELLS = weakref.WeakKeyDictionary()  # checks module -> its set-up cell, gone with the module
+
+
+def kernel_cell(assignment):
     """Source of the hidden set-up cell: the probes, the inputs, and `_report`."""
-    return kernel_cell_of(load_assignment(module_name))
-
-
-@lru_cache(maxsize=4)
-def kernel_cell_of(assignment):
-    body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
-                              inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
-    return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+    if assignment not in KERNEL_CELLS:
+        body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
+                                  inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
+        KERNEL_CELLS[assignment] = f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+    return KERNEL_CELLS[assignment]
 
 
 def report_call(test):
@@ -234,9 +255,25 @@ class AssignmentStep(NbGraderPreprocessor):
                             "e.g. {'tutorial3': 'nncourse.assignments.tutorial3.checks'}").tag(config=True)
 
     def assignment(self, resources):
+        """(the checks module, its name): the same module for every step of one notebook."""
         name = resources.get("nbgrader", {}).get("assignment")
         module = self.assignments.get(name)
-        return load_assignment(module) if module else None, module
+        if not module:
+            return None, module
+        pinned = resources.setdefault("nncourse_checks", {})
+        if module not in pinned:
+            pinned[module] = Pinned(load_assignment(module))
+        return pinned[module].module, module
+
+
+class Pinned:
+    """A notebook's checks module in its resources; nbconvert deep-copies resources, this stays itself."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 class InsertProbes(AssignmentStep):
@@ -253,7 +290,7 @@ class InsertProbes(AssignmentStep):
         for cell in nb.cells:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
             if grade_id == assignment.SETUP_CELL:
-                cell.source = kernel_cell(module)
+                cell.source = kernel_cell(assignment)
             if grade_id in assignment.STAND_INS:
                 cell.metadata.setdefault("nncourse", {})["stand_ins"] = assignment.STAND_INS[grade_id]
         return nb, resources
@@ -417,5 +454,5 @@ class EarlyVerdicts:
 def install_reporter(module_name, notebook_globals):
     """Define `_report` in a notebook run by the instructor (the source notebook's set-up cell);
     grading replaces that cell by the same code, inlined (InsertProbes)."""
-    exec(compile(kernel_cell(module_name), "grading set-up", "exec"), notebook_globals)
+    exec(compile(kernel_cell(load_assignment(module_name)), "grading set-up", "exec"), notebook_globals)
     return notebook_globals["_report"]

@@ -2,6 +2,7 @@
 stand for a student's notebook, and their reports go through the same encoding, size cap and
 schema as in grading."""
 import base64
+import copy
 import io
 import sys
 
@@ -356,10 +357,20 @@ def write_package(folder, value):
     (folder / "stale_pkg" / "checks.py").write_text("from .reference import VALUE\n")
 
 
-def test_checks_are_imported_again_when_their_files_or_folder_changed(tmp_path, monkeypatch):
-    """A process that has imported the checks judges with the files as they are now, wherever the path finds them."""
+@pytest.fixture
+def fresh_imports(monkeypatch):
+    """sys.path and sys.modules as they were, afterwards; the loader's memory of its own."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)  # a cached .pyc must not hide a change either
-    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    monkeypatch.setattr(verdicts, "IMPORTED_CHECKS", {})
+    before = set(sys.modules)
+    yield monkeypatch
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_checks_are_imported_again_when_their_files_or_folder_changed(tmp_path, fresh_imports):
+    """A process that has imported the checks judges with the files as they are now, wherever the path finds them."""
+    fresh_imports.syspath_prepend(str(tmp_path / "first"))
     write_package(tmp_path / "first", 1)
     loaded = verdicts.load_assignment("stale_pkg.checks")
     assert loaded.VALUE == 1
@@ -367,8 +378,38 @@ def test_checks_are_imported_again_when_their_files_or_folder_changed(tmp_path, 
     write_package(tmp_path / "first", 2)  # the reference changes, next to the checks
     assert verdicts.load_assignment("stale_pkg.checks").VALUE == 2
     write_package(tmp_path / "second", 3)  # another course's package of the same name, first on the path
-    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    fresh_imports.syspath_prepend(str(tmp_path / "second"))
     assert verdicts.load_assignment("stale_pkg.checks").VALUE == 3
-    assert verdicts.checks_digest("stale_pkg.checks") == verdicts.folder_digest(tmp_path / "second" / "stale_pkg")
-    for name in [m for m in sys.modules if m.startswith("stale_pkg")]:
-        monkeypatch.delitem(sys.modules, name)
+    assert verdicts.checks_digest("stale_pkg.checks") == verdicts.files_digest(
+        sorted((tmp_path / "second" / "stale_pkg").glob("*.py")))
+
+
+def test_a_checks_file_outside_a_package_of_its_own_is_reloaded_alone(tmp_path, fresh_imports):
+    """A top-level checks file: only its own file counts and is reloaded; a neighbour on the path is not
+    touched. Checks inside nncourse's package never make the grader forget its own modules."""
+    fresh_imports.syspath_prepend(str(tmp_path))
+    (tmp_path / "single_checks.py").write_text("from neighbour import N\nVALUE = 1\n")
+    (tmp_path / "neighbour.py").write_text("N = 1\n")
+    first = verdicts.load_assignment("single_checks")
+    neighbour, digest = sys.modules["neighbour"], verdicts.checks_digest("single_checks")
+    (tmp_path / "neighbour.py").write_text("N = 2\n")
+    assert verdicts.checks_digest("single_checks") == digest
+    assert verdicts.load_assignment("single_checks") is first
+    (tmp_path / "single_checks.py").write_text("from neighbour import N\nVALUE = 2\n")
+    assert verdicts.load_assignment("single_checks").VALUE == 2
+    assert sys.modules["neighbour"] is neighbour
+    assert verdicts.own_package("nncourse.mychecks") is None
+    assert verdicts.own_package("nncourse.assignments.tutorial3.checks") == "nncourse.assignments.tutorial3"
+
+
+def test_one_notebook_keeps_the_checks_it_started_with(tmp_path, fresh_imports):
+    """Checks edited while a notebook is graded: its later steps still judge with the first version."""
+    fresh_imports.syspath_prepend(str(tmp_path))
+    write_package(tmp_path, 1)
+    step = verdicts.AssignmentStep(assignments={"a": "stale_pkg.checks"})
+    resources = {"nbgrader": {"assignment": "a"}}
+    assert step.assignment(resources)[0].VALUE == 1
+    write_package(tmp_path, 2)
+    copied = copy.deepcopy(resources)  # as nbconvert does
+    assert step.assignment(resources)[0].VALUE == step.assignment(copied)[0].VALUE == 1
+    assert step.assignment({"nbgrader": {"assignment": "a"}})[0].VALUE == 2  # the next notebook

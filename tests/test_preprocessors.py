@@ -106,8 +106,8 @@ def test_cell_metadata_check_decides_as_nbgraders_own(corruption):
         try:
             step.preprocess(nbformat.from_dict(nb), {})
             outcomes.append("passed")
-        except (ValidationError, SchemaTooOldError) as err:
-            outcomes.append(f"{type(err).__name__}: {err}")
+        except (ValidationError, SchemaTooOldError) as err:  # and the error it was raised from
+            outcomes.append(f"{type(err).__name__}: {err} (from {err.__context__!r})")
     assert outcomes[0] == outcomes[1]
     assert (outcomes[0] == "passed") == (corruption == "valid"), outcomes
 
