@@ -276,7 +276,7 @@ def test_a_pickled_report_is_never_unpickled(context, tmp_path):
 
 # ------------------------------------------------------------------ what reaches the kernel
 def test_the_kernel_gets_no_reference_and_no_expected_values():
-    cell = verdicts.kernel_cell(CHECKS)
+    cell = verdicts.kernel_cell(verdicts.load_assignment(CHECKS))
     reference_lines = {line.strip() for line in open(ref.__file__).read().splitlines() if len(line.strip()) > 25}
     probe_lines = set(open(checks.PROBES_FILE).read().splitlines())
     leaked = [line for line in reference_lines - {l.strip() for l in probe_lines} if line in cell]
