@@ -99,7 +99,7 @@ def load_assignment(module_name):
     One notebook keeps the module it started with (AssignmentStep.assignment)."""
     with IMPORTING:
         where, files = checks_files(module_name)
-        now = (where, files_digest(files))
+        now = (where, files_digest(where, files))
         loaded = sys.modules.get(module_name)
         if loaded is not None:
             if module_name not in IMPORTED_CHECKS:  # imported by other code: trust its files as they are
@@ -126,8 +126,8 @@ def checks_place(module_name, module):
 
 def checks_files(module_name):
     """(where the checks are, their Python files), as importing `module_name` would find them now,
-    looked up afresh, not in the modules already imported: the .py files directly in the checks'
-    own package, or the checks module's file alone. (None, []) when it is not found."""
+    looked up afresh, not in the modules already imported: the .py files in the checks' own package
+    and its subpackages, or the checks module's file alone. (None, []) when it is not found."""
     from importlib.machinery import PathFinder
     package = own_package(module_name)
     name = package or module_name
@@ -141,15 +141,15 @@ def checks_files(module_name):
         return None, []
     if package:
         folder = Path(list(spec.submodule_search_locations)[0])
-        return folder, sorted(folder.glob("*.py"))
+        return folder, sorted(folder.rglob("*.py"))
     return Path(spec.origin), [Path(spec.origin)]
 
 
-def files_digest(files):
-    """Hash of the names and contents of `files` ("" for none)."""
+def files_digest(place, files):
+    """Hash of the names (relative to the folder `place`) and contents of `files` ("" for none)."""
     if not files:
         return ""
-    parts = [(f.name, f.read_text()) for f in files]
+    parts = [((f.relative_to(place).as_posix() if place.is_dir() else f.name), f.read_text()) for f in files]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -169,7 +169,7 @@ def forget_checks(module_name, files):
 
 def checks_digest(module_name):
     """Hash of the checks' files (checks_files), "" if they are not found."""
-    return files_digest(checks_files(module_name)[1])
+    return files_digest(*checks_files(module_name))
 
 
 class Memo:

@@ -380,8 +380,25 @@ def test_checks_are_imported_again_when_their_files_or_folder_changed(tmp_path, 
     write_package(tmp_path / "second", 3)  # another course's package of the same name, first on the path
     fresh_imports.syspath_prepend(str(tmp_path / "second"))
     assert verdicts.load_assignment("stale_pkg.checks").VALUE == 3
-    assert verdicts.checks_digest("stale_pkg.checks") == verdicts.files_digest(
-        sorted((tmp_path / "second" / "stale_pkg").glob("*.py")))
+    package = tmp_path / "second" / "stale_pkg"
+    assert verdicts.checks_digest("stale_pkg.checks") == verdicts.files_digest(package, sorted(package.glob("*.py")))
+
+
+def test_an_edited_file_in_a_subpackage_of_the_checks_has_them_imported_again(tmp_path, fresh_imports):
+    """The checks' package includes its subpackages: an edited table in one is judged with, not the old one."""
+    fresh_imports.syspath_prepend(str(tmp_path))
+    write_package(tmp_path, 1)
+    tables = tmp_path / "stale_pkg" / "tables"
+    tables.mkdir()
+    (tables / "__init__.py").write_text("")
+    (tables / "limits.py").write_text("LIMIT = 10\n")
+    (tmp_path / "stale_pkg" / "checks.py").write_text("from .tables.limits import LIMIT\n")
+    assert verdicts.load_assignment("stale_pkg.checks").LIMIT == 10
+    digest = verdicts.checks_digest("stale_pkg.checks")
+    (tables / "limits.py").write_text("LIMIT = 20\n")
+    assert verdicts.checks_digest("stale_pkg.checks") != digest  # so the grading key changes too
+    assert verdicts.load_assignment("stale_pkg.checks").LIMIT == 20
+    assert sys.modules["stale_pkg.tables.limits"].LIMIT == 20
 
 
 def test_a_checks_file_outside_a_package_of_its_own_is_reloaded_alone(tmp_path, fresh_imports):
