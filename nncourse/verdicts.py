@@ -149,7 +149,8 @@ def files_digest(place, files):
     """Hash of the names (relative to the folder `place`) and contents of `files` ("" for none)."""
     if not files:
         return ""
-    parts = [((f.relative_to(place).as_posix() if place.is_dir() else f.name), f.read_text()) for f in files]
+    root = place if place.is_dir() else place.parent
+    parts = [(f.relative_to(root).as_posix(), f.read_text()) for f in files]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
