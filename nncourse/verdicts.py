@@ -126,8 +126,8 @@ def checks_place(module_name, module):
 
 def checks_files(module_name):
     """(where the checks are, their Python files), as importing `module_name` would find them now,
-    looked up afresh, not in the modules already imported: the .py files in the checks' own package
-    and its subpackages, or the checks module's file alone. (None, []) when it is not found."""
+    looked up afresh, not in the modules already imported: the importable .py files in the checks'
+    own package and its subpackages, or the checks module's file alone. (None, []) when it is not found."""
     from importlib.machinery import PathFinder
     package = own_package(module_name)
     name = package or module_name
@@ -141,8 +141,15 @@ def checks_files(module_name):
         return None, []
     if package:
         folder = Path(list(spec.submodule_search_locations)[0])
-        return folder, sorted(folder.rglob("*.py"))
+        return folder, sorted(f for f in folder.rglob("*.py") if importable(f.relative_to(folder)))
     return Path(spec.origin), [Path(spec.origin)]
+
+
+def importable(relative):
+    """Whether a .py file at this path in a package could be imported: every folder and the file's
+    stem are Python names. Editor leftovers (.ipynb_checkpoints/, .#checks.py, 'checks (copy).py')
+    are not the checks."""
+    return all(part.isidentifier() for part in (*relative.parts[:-1], relative.stem))
 
 
 def files_digest(place, files):

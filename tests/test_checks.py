@@ -401,6 +401,22 @@ def test_an_edited_file_in_a_subpackage_of_the_checks_has_them_imported_again(tm
     assert sys.modules["stale_pkg.tables.limits"].LIMIT == 20
 
 
+def test_editor_leftovers_in_the_checks_package_are_not_part_of_the_checks(tmp_path, fresh_imports):
+    """Jupyter's checkpoints, an editor's lock file or a copy beside the checks change neither the grading key nor the checks."""
+    fresh_imports.syspath_prepend(str(tmp_path))
+    write_package(tmp_path, 1)
+    package = tmp_path / "stale_pkg"
+    digest = verdicts.checks_digest("stale_pkg.checks")
+    loaded = verdicts.load_assignment("stale_pkg.checks")
+    (package / ".ipynb_checkpoints").mkdir()
+    (package / ".ipynb_checkpoints" / "checks-checkpoint.py").write_text("VALUE = 99\n")
+    (package / "checks (copy).py").write_text("VALUE = 98\n")
+    (package / ".#checks.py").symlink_to("root@host.1234")  # emacs's lock: a link to nowhere
+    assert verdicts.checks_digest("stale_pkg.checks") == digest  # no one is regraded for them
+    assert verdicts.load_assignment("stale_pkg.checks") is loaded
+    assert verdicts.checks_files("stale_pkg.checks")[1] == [package / n for n in ("__init__.py", "checks.py", "reference.py")]
+
+
 def test_a_checks_file_outside_a_package_of_its_own_is_reloaded_alone(tmp_path, fresh_imports):
     """A top-level checks file: only its own file counts and is reloaded; a neighbour on the path is not
     touched. Checks inside nncourse's package never make the grader forget its own modules."""
