@@ -14,6 +14,7 @@ directory are simply not there. nbgrader_config.py makes SandboxedKernelManager 
 of nbgrader's Execute step, so plain `nbgrader autograde` and the batch grader both use it.
 """
 import ast
+import atexit
 import json
 import os
 import secrets
@@ -21,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from queue import Empty
@@ -39,6 +42,7 @@ from .verdicts import REPORT_MIME
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
                 "(or c.SandboxedKernelManager.enabled = False in nbgrader_config.py).")
 GIB = 1024 ** 3
+TMP_MIB, SHM_MIB = 256, 64  # each kernel's own /tmp and /dev/shm (memory)
 
 
 class SandboxError(RuntimeError):
@@ -111,6 +115,11 @@ class SandboxedKernelManager(AsyncKernelManager):
                                              "folder is").tag(config=True)
     threads = Integer(0, help="BLAS/OpenMP threads of each kernel, for kernels that share the machine "
                               "(0: the libraries' default)").tag(config=True)
+    fork_server = Bool(False, help="Fork each kernel from a warm template that this grader process starts once "
+                                   "(nncourse/zygote.py): ipykernel and SandboxedExecute.preload_modules are "
+                                   "imported once per process instead of once per notebook. Each kernel still gets "
+                                   "a sandbox and a uid of its own. Only when grading as root (each kernel needs "
+                                   "a uid of its own); otherwise every kernel starts its own sandbox.").tag(config=True)
 
     def _data_dir(self):
         return self.data_dir or os.environ.get(self.data_variable, "")
@@ -121,13 +130,20 @@ class SandboxedKernelManager(AsyncKernelManager):
     def _sandbox_off(self):
         return sandbox_disabled(self.enabled)
 
+    def _forking(self):
+        return self.fork_server and os.geteuid() == 0 and not self._sandbox_off()
+
     async def _async_pre_start_kernel(self, **kw):
+        self._template = None
         if not self._sandbox_off():
             check_sandbox()
             as_root = os.geteuid() == 0
             self._uid = 200000 + secrets.randbelow(100000) if as_root else os.getuid()
-            self._runtime = Path(tempfile.mkdtemp(prefix="nncourse-kernel-"))
-            self._scratch = Path(tempfile.mkdtemp(prefix="nncourse-scratch-"))
+            if self._forking():
+                self._template = KernelTemplate.of(self)
+            place = self._template.kernels if self._template else None
+            self._runtime = Path(tempfile.mkdtemp(prefix="nncourse-kernel-", dir=place))
+            self._scratch = Path(tempfile.mkdtemp(prefix="nncourse-scratch-", dir=place))
             for folder in (self._runtime, self._scratch):
                 os.chmod(folder, 0o700)
                 if as_root:
@@ -137,14 +153,15 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.connection_file = str(self._runtime / "kernel.json")
         return await super()._async_pre_start_kernel(**kw)
 
-    def _sandbox_command(self, kernel_cmd):
-        as_root = os.geteuid() == 0
+    def _bwrap_args(self, writable, cwd):
+        """bubblewrap's arguments, up to `--`: the namespaces, the read-only system, the data
+        folder, and the `writable` folders bound at their own paths."""
         data_dir = self._data_dir()
-        args = ["bwrap", "--die-with-parent", "--new-session", "--unsetenv", "JPY_PARENT_PID", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+        args = ["bwrap", "--new-session", "--unsetenv", "JPY_PARENT_PID", "--unshare-ipc", "--unshare-pid", "--unshare-net",
                 "--unshare-uts", "--unshare-cgroup-try", "--proc", "/proc", "--dev", "/dev",
-                "--size", str(64 * 1024 ** 2), "--perms", "1777", "--tmpfs", "/dev/shm",
-                "--size", str(256 * 1024 ** 2), "--perms", "1777", "--tmpfs", "/tmp"]
-        if not as_root:
+                "--size", str(SHM_MIB << 20), "--perms", "1777", "--tmpfs", "/dev/shm",
+                "--size", str(TMP_MIB << 20), "--perms", "1777", "--tmpfs", "/tmp"]
+        if os.geteuid() != 0:
             args += ["--unshare-user"]
         for system in ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives", "/etc/ssl", "/etc/fonts"):
             if os.path.exists(system):
@@ -154,22 +171,30 @@ class SandboxedKernelManager(AsyncKernelManager):
         if data_dir and Path(data_dir).is_dir():
             args += ["--perms", "0755", "--dir", "/data", "--ro-bind", str(Path(data_dir).resolve()),
                      self._data_mount()]
-        bind_with_parents(args, self._runtime, "--bind")
-        bind_with_parents(args, self._scratch, "--bind")
-        args += ["--chdir", str(self._scratch), "--"]
-        args += ["prlimit", f"--as={self.memory_gib * GIB}", f"--nproc={self.max_processes}",
-                 f"--nofile={self.max_open_files}", f"--fsize={self.max_file_mib * 1024 ** 2}",
-                 f"--cpu={self.cpu_seconds}", "--core=0", "--"]
-        if as_root:
+        for folder in writable:
+            bind_with_parents(args, folder, "--bind")
+        return args + ["--chdir", str(cwd)]
+
+    def _limits(self):
+        """The kernel's resource limits, by prlimit's names."""
+        return {"as": self.memory_gib * GIB, "nproc": self.max_processes, "nofile": self.max_open_files,
+                "fsize": self.max_file_mib * 1024 ** 2, "cpu": self.cpu_seconds, "core": 0}
+
+    def _sandbox_command(self, kernel_cmd):
+        args = self._bwrap_args([self._runtime, self._scratch], self._scratch)
+        args += ["--die-with-parent", "--", "prlimit", *(f"--{name}={value}" for name, value in self._limits().items()), "--"]
+        if os.geteuid() == 0:
             args += ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--"]
         return args + kernel_cmd
 
+    KEPT_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                      "NUMEXPR_NUM_THREADS", "NBGRADER_EXECUTION", "LANG", "LC_ALL", "OPENBLAS_CORETYPE",
+                      "OPENBLAS_L2_SIZE"]
+
     def _sandbox_env(self, env):
         """A clean environment: nothing of the grader's but what the kernel needs."""
-        keep = ["LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS", "NBGRADER_EXECUTION", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"]
-        clean = {k: env[k] for k in keep if k in env}
+        clean = {k: env[k] for k in self.KEPT_VARIABLES if k in env}
         scratch = str(self._scratch)
         if self._data_dir():
             clean[self.data_variable] = self._data_mount()
@@ -182,9 +207,15 @@ class SandboxedKernelManager(AsyncKernelManager):
         kw["env"] = kernel_env.kernel_environment(kw.get("env") or os.environ, self.threads)
         if self._data_dir():
             kw["env"].setdefault(self.data_variable, self._data_dir())
-        if not self._sandbox_off():
+        if self._template and self._template.forks(kernel_cmd):
+            kernel_cmd = self._template.stand_in_command(kernel_cmd, {
+                "uid": self._uid, "cwd": str(self._scratch), "env": self._sandbox_env(kw["env"]),
+                "limits": self._limits(), "tmp_mib": TMP_MIB, "shm_mib": SHM_MIB})
+            kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        elif not self._sandbox_off():
             kernel_cmd = self._sandbox_command(kernel_cmd)
             kw["env"] = self._sandbox_env(kw["env"])
+        if not self._sandbox_off():
             kw["cwd"] = str(self._scratch)
             # ipykernel's start-up notice, and anything the student's code writes to the process's own
             # stdout/stderr: not the grader's streams, which the kernel could otherwise write or read back
@@ -213,6 +244,92 @@ class SandboxedKernelManager(AsyncKernelManager):
         for folder in (getattr(self, "_runtime", None), getattr(self, "_scratch", None)):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+class KernelTemplate:
+    """The warm kernel template of this grader process for one set of kernel settings: a sandbox
+    (bubblewrap, as root with only the capabilities that building each kernel's sandbox needs)
+    running nncourse/zygote.py, which forks one kernel per request. Each kernel's stand-in, a
+    small process in the grader (`zygote.py connect`), lives exactly as long as the kernel, so
+    the kernel manager starts, polls and kills it as it would the kernel itself. The template
+    stops when this process ends (it watches a pipe that only this process holds)."""
+
+    CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+    START_SECONDS = 300  # importing torch on a loaded machine
+    PLACE = "/var/tmp"  # its folders: not under /tmp, since each kernel mounts an empty /tmp of its own
+    running = {}
+    lock = threading.Lock()
+
+    @classmethod
+    def of(cls, km):
+        """The running template for `km`'s settings, started if there is none (or it died)."""
+        modules = tuple(km.config.SandboxedExecute.get("preload_modules", ()))
+        key = (km.threads, km._data_dir(), km.data_variable, modules)
+        with cls.lock:
+            template = cls.running.get(key)
+            if template is None or template.process.poll() is not None:
+                if template:
+                    template.stop()
+                template = cls.running[key] = cls(km, modules)
+            return template
+
+    def __init__(self, km, modules):
+        from . import zygote
+        self.source = Path(zygote.__file__).read_text()
+        self.base = Path(tempfile.mkdtemp(prefix="nncourse-template-", dir=self.PLACE))
+        self.control, self.kernels = self.base / "control", self.base / "kernels"
+        self.control.mkdir(mode=0o700)
+        self.kernels.mkdir()
+        for folder, mode in ((self.base, 0o711), (self.kernels, 0o711)):  # kernels find their own folders only
+            os.chmod(folder, mode)
+        self.socket = self.control / "template.sock"
+        lifeline, self.lifeline = os.pipe()
+        # PID 1 of its namespace: when it ends, the system kills every process of its kernels
+        args = km._bwrap_args([self.control, self.kernels], self.control) + ["--as-pid-1", "--cap-drop", "ALL"]
+        for capability in self.CAPABILITIES:
+            args += ["--cap-add", capability]
+        env = kernel_env.kernel_environment(os.environ, km.threads)
+        env = {k: v for k, v in env.items() if k in km.KEPT_VARIABLES}
+        env.update(HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin", PYTHONDONTWRITEBYTECODE="1")
+        log = open(self.control / "template.log", "wb")
+        try:
+            self.process = subprocess.Popen(
+                args + ["--", sys.executable, "-c", self.source, "serve", str(self.socket), str(lifeline), *modules],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
+        finally:
+            os.close(lifeline)
+            log.close()
+        atexit.register(self.stop)
+        deadline = time.time() + self.START_SECONDS
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.time() > deadline:
+                said = (self.control / "template.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"the kernel template did not start: {said.strip() or 'no message'}")
+            time.sleep(0.02)
+
+    def forks(self, kernel_cmd):
+        """Whether a kernel of this command can be forked: ipykernel in this grader's Python."""
+        python = shutil.which(kernel_cmd[0]) if kernel_cmd else None
+        return (python is not None and Path(python).resolve() == Path(sys.executable).resolve()
+                and kernel_cmd[1:3] == ["-m", "ipykernel_launcher"])
+
+    def stand_in_command(self, kernel_cmd, request):
+        """The command of the kernel's stand-in, which asks the template for it."""
+        return [sys.executable, "-I", "-S", "-c", self.source, "connect", str(self.socket),
+                json.dumps(dict(request, args=kernel_cmd[3:]))]
+
+    def stop(self):
+        if self.lifeline is not None:
+            os.close(self.lifeline)  # the template sees it and exits, and its kernels with it
+            self.lifeline = None
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        except AttributeError:  # it never started
+            pass
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 class SandboxedExecute(Execute):

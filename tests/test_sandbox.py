@@ -22,6 +22,18 @@ from nncourse import sandbox
 from conftest import DATA_DIR, REPO
 
 TIMEOUT = 5
+FORKED = {"forked": False}  # set by the kernel_start fixture
+
+
+@pytest.fixture(autouse=True, params=["own sandbox", "forked from a template"])
+def kernel_start(request):
+    """Every test runs with kernels in a sandbox of their own, and again with kernels forked from a
+    warm template (SandboxedKernelManager.fork_server, as root only)."""
+    if request.param != "own sandbox" and os.geteuid() != 0:
+        pytest.skip("kernels are forked from a template only when grading as root")
+    FORKED["forked"] = request.param != "own sandbox"
+    yield request.param
+    FORKED["forked"] = False
 
 
 def run_cells(*sources, timeout=TIMEOUT, **config):
@@ -32,6 +44,7 @@ def run_cells(*sources, timeout=TIMEOUT, **config):
     os.environ["MNIST_DIR"] = str(DATA_DIR)
     config = Config(config)
     config.SandboxedKernelManager.setdefault("data_variable", "MNIST_DIR")  # as the course's configuration
+    config.SandboxedKernelManager.setdefault("fork_server", FORKED["forked"])
     execute = sandbox.SandboxedExecute(config=config, timeout=timeout)
     execute.preprocess(nb, {"metadata": {"path": str(REPO)}})
     return nb
@@ -45,7 +58,8 @@ def assert_only_system_folders(line):
     """`line` is "<uid> <listing of />": only the system folders, /data (MNIST), and the top folders
     of the Python installation and the virtualenv."""
     python_tops = {root.parts[1] for root in sandbox.python_roots()}
-    allowed = {"bin", "lib", "lib64", "sbin", "usr", "etc", "proc", "dev", "tmp", "data"} | python_tops
+    template_top = {Path(sandbox.KernelTemplate.PLACE).parts[1]} if FORKED["forked"] else set()
+    allowed = {"bin", "lib", "lib64", "sbin", "usr", "etc", "proc", "dev", "tmp", "data"} | python_tops | template_top
     assert set(ast.literal_eval(line.split(" ", 1)[1])) <= allowed, line
 
 
@@ -335,7 +349,8 @@ def test_a_crash_stops_only_that_notebook(removed_folders):
 
 # --- setting up the sandbox --------------------------------------------------------------------
 
-def test_missing_bubblewrap_stops_with_a_message_that_names_the_fix(monkeypatch):
+@pytest.mark.parametrize("kernel_start", ["own sandbox"], indirect=True)
+def test_missing_bubblewrap_stops_with_a_message_that_names_the_fix(monkeypatch, kernel_start):
     """Without bwrap, grading refuses to start, naming the package and the knowing way around."""
     monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None if tool == "bwrap" else "/usr/bin/" + tool)
     monkeypatch.delenv("NNCOURSE_SANDBOX", raising=False)
@@ -378,8 +393,9 @@ def as_ordinary_user(command, uid=65534):
     return ["unshare", "--mount", "sh", "-c", " && ".join(script) + ' && exec "$@"', "sh", *drop]
 
 
+@pytest.mark.parametrize("kernel_start", ["own sandbox"], indirect=True)
 @pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user, every other test here already runs this path")
-def test_ordinary_user_gets_the_same_sandbox(listener):
+def test_ordinary_user_gets_the_same_sandbox(listener, kernel_start):
     """Grading as an ordinary user (uid 65534) uses user namespaces: same view, no network."""
     port, accepted = listener
     home = Path(tempfile.mkdtemp(prefix="ordinary-user-"))  # pytest's folders are root's only
