@@ -262,18 +262,21 @@ class KernelTemplate:
 
     @classmethod
     def of(cls, km):
-        """The running template for `km`'s settings, started if there is none (or it died)."""
+        """The template for `km`'s settings, started if there is none; None if it stopped (then
+        kernels start in a sandbox of their own, as without a template)."""
         modules = tuple(km.config.SandboxedExecute.get("preload_modules", ()))
         key = (km.threads, km._data_dir(), km.data_variable, modules)
         with cls.lock:
             template = cls.running.get(key)
-            if template is None or template.process.poll() is not None:
-                if template:
-                    template.stop()
+            if template is None:
                 template = cls.running[key] = cls(km, modules)
+            if template.process.poll() is not None:
+                km.log.warning("the kernel template stopped (%s); kernels start without it", template.said())
+                return None
             return template
 
     def __init__(self, km, modules):
+        """Start the template; it is ready once its socket exists (each stand-in waits for that)."""
         from . import zygote
         self.source = Path(zygote.__file__).read_text()
         self.base = Path(tempfile.mkdtemp(prefix="nncourse-template-", dir=self.PLACE))
@@ -291,22 +294,21 @@ class KernelTemplate:
         env = kernel_env.kernel_environment(os.environ, km.threads)
         env = {k: v for k, v in env.items() if k in km.KEPT_VARIABLES}
         env.update(HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin", PYTHONDONTWRITEBYTECODE="1")
-        log = open(self.control / "template.log", "wb")
-        try:
-            self.process = subprocess.Popen(
-                args + ["--", sys.executable, "-c", self.source, "serve", str(self.socket), str(lifeline), *modules],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
-        finally:
-            os.close(lifeline)
-            log.close()
+        with open(self.control / "template.log", "wb") as log:
+            try:
+                self.process = subprocess.Popen(
+                    args + ["--", sys.executable, "-c", self.source, "serve", str(self.socket), str(lifeline), *modules],
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
+            finally:
+                os.close(lifeline)
         atexit.register(self.stop)
-        deadline = time.time() + self.START_SECONDS
-        while not self.socket.exists():
-            if self.process.poll() is not None or time.time() > deadline:
-                said = (self.control / "template.log").read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"the kernel template did not start: {said.strip() or 'no message'}")
-            time.sleep(0.02)
+
+    def said(self):
+        """The end of the template's log."""
+        try:
+            return (self.control / "template.log").read_text(errors="replace")[-2000:].strip() or "no message"
+        except OSError:
+            return "no log"
 
     def forks(self, kernel_cmd):
         """Whether a kernel of this command can be forked: ipykernel in this grader's Python."""
@@ -316,20 +318,18 @@ class KernelTemplate:
 
     def stand_in_command(self, kernel_cmd, request):
         """The command of the kernel's stand-in, which asks the template for it."""
-        return [sys.executable, "-I", "-S", "-c", self.source, "connect", str(self.socket),
-                json.dumps(dict(request, args=kernel_cmd[3:]))]
+        return [sys.executable, "-I", "-S", "-c", self.source, "connect", str(self.socket), str(self.process.pid),
+                str(self.START_SECONDS), json.dumps(dict(request, args=kernel_cmd[3:]))]
 
     def stop(self):
         if self.lifeline is not None:
             os.close(self.lifeline)  # the template sees it and exits, and its kernels with it
             self.lifeline = None
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        except AttributeError:  # it never started
-            pass
-        shutil.rmtree(self.base, ignore_errors=True)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 class SandboxedExecute(Execute):

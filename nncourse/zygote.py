@@ -17,7 +17,7 @@ reaches the template or the next kernel.
 This file uses the standard library only: the grader runs it by its source (`python -c`), since
 nncourse itself is not inside the sandbox.
   serve SOCKET LIFELINE_FD MODULE...   the template (in the sandbox)
-  connect SOCKET REQUEST_JSON          the kernel's stand-in (in the grader, outside the sandbox):
+  connect SOCKET PID SECONDS REQUEST   the kernel's stand-in (in the grader, outside the sandbox):
                                        it lives exactly as long as the kernel, and exits with its code
 """
 import ctypes
@@ -48,8 +48,12 @@ def check(result, what):
 
 def serve(path, lifeline, modules):
     import importlib
-    for name in ["ipykernel.kernelapp", *modules]:
-        importlib.import_module(name)
+    import ipykernel.kernelapp  # noqa: F401
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # the notebook's own import will say what is wrong
+            os.write(2, f"preloading {name}: {type(err).__name__}: {err}\n".encode())
     check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".new")
@@ -188,9 +192,7 @@ def become_kernel(conn, r, report):
     os.chdir(r["cwd"])
     os.environ.clear()
     os.environ.update(r["env"])
-    import random
-    random.seed()
-    if "numpy.random" in sys.modules:
+    if "numpy.random" in sys.modules:  # Python's own `random` reseeds itself in a forked child
         sys.modules["numpy.random"].seed()
     sys.argv = ["ipykernel_launcher", *r["args"]]
 
@@ -207,8 +209,18 @@ def run_kernel():
     os._exit(code)
 
 
-def connect(path, request):
-    """The kernel's stand-in in the grader: ask for the kernel, then wait until it ends."""
+def connect(path, template_pid, start_seconds, request):
+    """The kernel's stand-in in the grader: wait for the template to be ready, ask it for the
+    kernel, then wait until the kernel ends."""
+    deadline = time.time() + float(start_seconds)
+    while not os.path.exists(path):
+        try:
+            os.kill(int(template_pid), 0)
+        except ProcessLookupError:
+            sys.exit("the kernel template stopped before it was ready; its log says why")
+        if time.time() > deadline:
+            sys.exit(f"the kernel template was not ready after {start_seconds} s")
+        time.sleep(0.01)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(request.encode() + b"\n")

@@ -436,3 +436,124 @@ def test_the_kernel_cannot_reach_the_graders_own_streams(tmp_path):
         os.close(saved)
     links = text(nb.cells[0])
     assert "/dev/null" in links and str(log) not in links
+
+
+# --- kernels forked from a warm template (SandboxedKernelManager.fork_server) --------------------
+
+ATTACK_THE_TEMPLATE = """
+import ctypes, errno, os, signal, socket
+def status(pid):
+    return dict(line.split(':\\t', 1) for line in open(f'/proc/{pid}/status').read().splitlines() if ':\\t' in line)
+supervisor = os.getppid()
+template = int(status(supervisor)['PPid'])
+for pid in (supervisor, template):
+    print('target', pid, 'uid', status(pid)['Uid'].split()[0], 'alive', os.path.exists(f'/proc/{pid}'))
+    for name, attack in [('kill', lambda: os.kill(pid, signal.SIGKILL)),
+                         ('mem', lambda: open(f'/proc/{pid}/mem', 'r+b')),
+                         ('ptrace', lambda: ctypes.CDLL(None, use_errno=True).ptrace(16, pid, 0, 0) == 0
+                                    or (_ for _ in ()).throw(OSError(ctypes.get_errno(), 'ptrace')))]:
+        try:
+            attack()
+            print(name, 'succeeded')
+        except OSError as err:
+            print(name, errno.errorcode[err.errno])
+control = os.path.dirname(os.path.dirname(os.getcwd())) + '/control'  # the template's folder
+try:
+    socket.socket(socket.AF_UNIX).connect(control + '/template.sock')
+    print('connect succeeded')
+except OSError as err:
+    print('connect', errno.errorcode[err.errno])
+held = []
+for fd in map(int, os.listdir('/proc/self/fd')):
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+        held.append(s.getsockname())
+        s.close()
+    except OSError:
+        pass
+print('sockets', len(held) > 0, 'template', [name for name in held if str(name).startswith(control)])
+"""
+
+
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_forked_kernel_cannot_reach_its_template_or_the_next_kernel(kernel_start):
+    """Kernel A attacks the root processes it was forked from (signal, memory, ptrace, the
+    template's socket, fds it might have kept) and leaves files in /tmp and /dev/shm; kernel B,
+    forked next from the same template, sees none of it, has another uid and other random seeds,
+    and the template still works."""
+    seeds = "import os, random, numpy; print(os.getuid(), os.getcwd(), random.random(), numpy.random.rand())"
+    preloaded = {"SandboxedExecute": {"preload_modules": ["random", "numpy.random", "torch"]}}  # seeded in the template
+    a = run_cells(seeds, "open('/tmp/left-by-a', 'w'); open('/dev/shm/left-by-a', 'w'); print(sorted(os.listdir('/tmp')))",
+                  ATTACK_THE_TEMPLATE, "import torch; print(torch.ones(2).sum().item())", **preloaded)
+    b = run_cells(seeds, "print(sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/shm')))",
+                  "import torch; print(torch.ones(2).sum().item())", **preloaded)
+    uid_a, cwd_a, *random_a = text(a.cells[0]).split()
+    uid_b, cwd_b, *random_b = text(b.cells[0]).split()
+    assert "0" not in (uid_a, uid_b) and uid_a != uid_b and cwd_a != cwd_b
+    assert random_a[0] != random_b[0] and random_a[1] != random_b[1], "forked kernels share random seeds"
+    assert text(a.cells[1]) == "['left-by-a']\n"  # the files were written...
+    assert text(b.cells[1]) == "[] []\n"  # ...and the next kernel has an empty /tmp and /dev/shm
+    lines = text(a.cells[2]).splitlines()
+    targets = [line.split() for line in lines if line.startswith("target")]
+    assert [(t[3], t[5]) for t in targets] == [("0", "True"), ("0", "True")], lines  # root processes, there
+    assert [line for line in lines if line.split()[0] in ("kill", "mem", "ptrace")] == \
+        ["kill EPERM", "mem EACCES", "ptrace EPERM"] * 2, lines
+    # its own ZeroMQ sockets are found, none of the template's
+    assert lines[-2:] == ["connect EACCES", "sockets True template []"], lines
+    assert text(a.cells[3]) == text(b.cells[2]) == "2.0\n"
+
+
+GRADER_THAT_VANISHES = """
+import os, sys, time
+from jupyter_client.blocking import BlockingKernelClient
+from nbclient.util import run_sync
+from traitlets.config import Config
+from nncourse import sandbox
+config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR"}})
+km = sandbox.SandboxedKernelManager(kernel_name="python3", config=config)
+run_sync(km.start_kernel)()
+client = BlockingKernelClient()
+client.load_connection_info(km.get_connection_info())
+client.start_channels()
+client.wait_for_ready(timeout=120)
+client.execute_interactive("import subprocess; subprocess.Popen(['sleep', '300'], start_new_session=True)",
+                           timeout=60)
+time.sleep(0.5)
+uid = str(km._uid)  # the kernel's own: the kernel and the sleep it started
+running = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/status")
+           and open(f"/proc/{p}/status").read().split("Uid:")[1].split()[0] == uid]
+print(uid, len(running), km._template.process.pid, flush=True)
+os._exit(0)  # no clean-up at all: as a worker killed with SIGKILL
+"""
+
+
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_the_template_and_its_kernels_end_with_the_grader_process(kernel_start):
+    """A grader process that ends without any clean-up leaves no template, no kernel and no
+    process its kernel started behind."""
+    env = dict(os.environ, MNIST_DIR=str(DATA_DIR), PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES], capture_output=True, text=True, timeout=180,
+                         env=env)
+    uid, running, template = run.stdout.split()[-3:]
+    assert int(running) == 2, run.stdout  # the kernel and the process it started, before the grader ended
+    deadline, left = time.time() + 10, ["?"]
+    while left and time.time() < deadline:
+        left = [p.parent.name for p in Path("/proc").glob("[0-9]*/status") if _uid_of(p) == uid and _alive(p)]
+        left += [template] if _alive(Path(f"/proc/{template}/status")) else []
+        time.sleep(0.1)
+    assert not left, f"still running after the grader process ended: {left}"
+
+
+def _uid_of(status):
+    try:
+        return status.read_text().split("Uid:")[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(status):
+    """Whether the process of this /proc/<pid>/status runs (not gone, not a zombie)."""
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except OSError:
+        return False
