@@ -48,7 +48,7 @@ c.GradingProfile.prepared_data = True
 # One submission at a time (`nncourse grade` of one student), the kernel starts while the grader
 # prepares the notebook and imports these meanwhile, as the notebook's first cell would (no name is
 # added to the notebook's namespace). [] turns this off.
-c.SandboxedExecute.preload_modules = ["torch", "torchvision.datasets"]
+c.SandboxedExecute.preload_modules = ["torch", "torchvision.datasets", "matplotlib.pyplot"]
 # Each grading process (a batch or Dask worker, or one nbgrader autograde) forks its kernels from a
 # warm template that imported ipykernel and the modules above once, instead of starting each kernel's
 # Python afresh: about 5 s of CPU less per submission. Each kernel still has a sandbox and a uid of its

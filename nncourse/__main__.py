@@ -1,6 +1,33 @@
+"""python -m nncourse: the command line (cli.py). A `grade` that will run its kernels in this process
+(one submission, or --workers 1) first starts the kernel template that the course's last such run
+used, so that it imports torch while this process imports nbgrader and reads the settings (about
+1 s); the first kernel checks it against the real settings (template.KernelTemplate.of)."""
+import argparse
 import sys
+from pathlib import Path
 
-from .cli import main
+RECIPE = Path(".batch") / "kernel-template.json"  # in the course folder; batch.grade writes it
+
+
+def start_kernel_template_early(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--course", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--workers", "-w", type=int)
+    parser.add_argument("--scheduler")
+    parser.add_argument("words", nargs="*")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except SystemExit:  # the command line itself will say what is wrong
+        return
+    if args.words[:1] != ["grade"] or args.scheduler:
+        return
+    students = args.words[1:] or [d for d in (args.course / "submitted").glob("*") if d.is_dir()]
+    if len(students) == 1 or args.workers == 1:
+        from .template import KernelTemplate
+        KernelTemplate.start_early(args.course / RECIPE)
+
 
 if __name__ == "__main__":  # not when a spawned worker process imports this module
+    start_kernel_template_early(sys.argv[1:])
+    from .cli import main
     sys.exit(main())

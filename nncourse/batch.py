@@ -38,6 +38,7 @@ from .course import Course
 from .grading import autograde_student
 from .sandbox import (KernelInAdvance, SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox,
                       mark_unrun_cells, sandbox_disabled)
+from .template import KernelTemplate
 from .verdicts import DecideVerdicts, EarlyVerdicts, checks_digest
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
@@ -629,6 +630,8 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         if not scheduler:
             check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
         if runner.in_process():
+            from .__main__ import RECIPE
+            KernelTemplate.recipe_file = driver.course.root / RECIPE  # for the next run's early start
             start_kernel_in_advance(settings, threads)
         # computed from the settings the workers get, as each worker computes its own
         environment = grading_environment(driver.assignment, settings_config(settings))

@@ -14,7 +14,6 @@ directory are simply not there. nbgrader_config.py makes SandboxedKernelManager 
 of nbgrader's Execute step, so plain `nbgrader autograde` and the batch grader both use it.
 """
 import ast
-import atexit
 import json
 import os
 import secrets
@@ -22,8 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 from queue import Empty
@@ -35,7 +32,8 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, List, Unicode, default
 
-from . import kernel_env
+from . import kernel_env, template
+from .template import KernelTemplate, bind_with_parents
 from .profile import ensure_prepared
 from .verdicts import REPORT_MIME
 
@@ -68,14 +66,6 @@ def python_roots():
     """Folders the kernel's Python needs: the virtualenv and the installation it was made from."""
     roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent.parent}
     return sorted(roots)
-
-
-def bind_with_parents(args, path, mode="--ro-bind"):
-    """Bind `path` at the same place, creating readable parent folders in the sandbox."""
-    parents = [p for p in reversed(Path(path).parents) if str(p) != "/"]
-    for parent in parents:
-        args += ["--perms", "0755", "--dir", str(parent)]
-    args += [mode, str(path), str(path)]
 
 
 def sandbox_disabled(enabled=True):
@@ -153,7 +143,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.connection_file = str(self._runtime / "kernel.json")
         return await super()._async_pre_start_kernel(**kw)
 
-    def _bwrap_args(self, writable, cwd):
+    def _bwrap_args(self, writable=(), cwd=None):
         """bubblewrap's arguments, up to `--`: the namespaces, the read-only system, the data
         folder, and the `writable` folders bound at their own paths."""
         data_dir = self._data_dir()
@@ -173,7 +163,7 @@ class SandboxedKernelManager(AsyncKernelManager):
                      self._data_mount()]
         for folder in writable:
             bind_with_parents(args, folder, "--bind")
-        return args + ["--chdir", str(cwd)]
+        return args + (["--chdir", str(cwd)] if cwd else [])
 
     def _limits(self):
         """The kernel's resource limits, by prlimit's names."""
@@ -188,9 +178,7 @@ class SandboxedKernelManager(AsyncKernelManager):
                      "--inh-caps=-all", "--bounding-set=-all", "--"]
         return args + kernel_cmd
 
-    KEPT_VARIABLES = ["LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                      "NUMEXPR_NUM_THREADS", "NBGRADER_EXECUTION", "LANG", "LC_ALL", "OPENBLAS_CORETYPE",
-                      "OPENBLAS_L2_SIZE"]
+    KEPT_VARIABLES = [*template.ENVIRONMENT, "NBGRADER_EXECUTION"]
 
     def _sandbox_env(self, env):
         """A clean environment: nothing of the grader's but what the kernel needs."""
@@ -244,92 +232,6 @@ class SandboxedKernelManager(AsyncKernelManager):
         for folder in (getattr(self, "_runtime", None), getattr(self, "_scratch", None)):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-class KernelTemplate:
-    """The warm kernel template of this grader process for one set of kernel settings: a sandbox
-    (bubblewrap, as root with only the capabilities that building each kernel's sandbox needs)
-    running nncourse/zygote.py, which forks one kernel per request. Each kernel's stand-in, a
-    small process in the grader (`zygote.py connect`), lives exactly as long as the kernel, so
-    the kernel manager starts, polls and kills it as it would the kernel itself. The template
-    stops when this process ends (it watches a pipe that only this process holds)."""
-
-    CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
-    START_SECONDS = 300  # importing torch on a loaded machine
-    PLACE = "/var/tmp"  # its folders: not under /tmp, since each kernel mounts an empty /tmp of its own
-    running = {}
-    lock = threading.Lock()
-
-    @classmethod
-    def of(cls, km):
-        """The template for `km`'s settings, started if there is none; None if it stopped (then
-        kernels start in a sandbox of their own, as without a template)."""
-        modules = tuple(km.config.SandboxedExecute.get("preload_modules", ()))
-        key = (km.threads, km._data_dir(), km.data_variable, modules)
-        with cls.lock:
-            template = cls.running.get(key)
-            if template is None:
-                template = cls.running[key] = cls(km, modules)
-            if template.process.poll() is not None:
-                km.log.warning("the kernel template stopped (%s); kernels start without it", template.said())
-                return None
-            return template
-
-    def __init__(self, km, modules):
-        """Start the template; it is ready once its socket exists (each stand-in waits for that)."""
-        from . import zygote
-        self.source = Path(zygote.__file__).read_text()
-        self.base = Path(tempfile.mkdtemp(prefix="nncourse-template-", dir=self.PLACE))
-        self.control, self.kernels = self.base / "control", self.base / "kernels"
-        self.control.mkdir(mode=0o700)
-        self.kernels.mkdir()
-        for folder, mode in ((self.base, 0o711), (self.kernels, 0o711)):  # kernels find their own folders only
-            os.chmod(folder, mode)
-        self.socket = self.control / "template.sock"
-        lifeline, self.lifeline = os.pipe()
-        # PID 1 of its namespace: when it ends, the system kills every process of its kernels
-        args = km._bwrap_args([self.control, self.kernels], self.control) + ["--as-pid-1", "--cap-drop", "ALL"]
-        for capability in self.CAPABILITIES:
-            args += ["--cap-add", capability]
-        env = kernel_env.kernel_environment(os.environ, km.threads)
-        env = {k: v for k, v in env.items() if k in km.KEPT_VARIABLES}
-        env.update(HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin", PYTHONDONTWRITEBYTECODE="1")
-        with open(self.control / "template.log", "wb") as log:
-            try:
-                self.process = subprocess.Popen(
-                    args + ["--", sys.executable, "-c", self.source, "serve", str(self.socket), str(lifeline), *modules],
-                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
-            finally:
-                os.close(lifeline)
-        atexit.register(self.stop)
-
-    def said(self):
-        """The end of the template's log."""
-        try:
-            return (self.control / "template.log").read_text(errors="replace")[-2000:].strip() or "no message"
-        except OSError:
-            return "no log"
-
-    def forks(self, kernel_cmd):
-        """Whether a kernel of this command can be forked: ipykernel in this grader's Python."""
-        python = shutil.which(kernel_cmd[0]) if kernel_cmd else None
-        return (python is not None and Path(python).resolve() == Path(sys.executable).resolve()
-                and kernel_cmd[1:3] == ["-m", "ipykernel_launcher"])
-
-    def stand_in_command(self, kernel_cmd, request):
-        """The command of the kernel's stand-in, which asks the template for it."""
-        return [sys.executable, "-I", "-S", "-c", self.source, "connect", str(self.socket), str(self.process.pid),
-                str(self.START_SECONDS), json.dumps(dict(request, args=kernel_cmd[3:]))]
-
-    def stop(self):
-        if self.lifeline is not None:
-            os.close(self.lifeline)  # the template sees it and exits, and its kernels with it
-            self.lifeline = None
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            shutil.rmtree(self.base, ignore_errors=True)
 
 
 class SandboxedExecute(Execute):

@@ -49,6 +49,7 @@ def check(result, what):
 def serve(path, lifeline, modules):
     import importlib
     import ipykernel.kernelapp  # noqa: F401
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it in each kernel
     for name in modules:
         try:
             importlib.import_module(name)

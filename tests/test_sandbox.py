@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nncourse import sandbox
+from nncourse import sandbox, template
 
 from conftest import DATA_DIR, REPO
 
@@ -58,7 +58,7 @@ def assert_only_system_folders(line):
     """`line` is "<uid> <listing of />": only the system folders, /data (MNIST), and the top folders
     of the Python installation and the virtualenv."""
     python_tops = {root.parts[1] for root in sandbox.python_roots()}
-    template_top = {Path(sandbox.KernelTemplate.PLACE).parts[1]} if FORKED["forked"] else set()
+    template_top = {Path(template.PLACE).parts[1]} if FORKED["forked"] else set()
     allowed = {"bin", "lib", "lib64", "sbin", "usr", "etc", "proc", "dev", "tmp", "data"} | python_tops | template_top
     assert set(ast.literal_eval(line.split(" ", 1)[1])) <= allowed, line
 
@@ -365,7 +365,7 @@ ORDINARY_USER_SCRIPT = """
 import json, os, sys
 import nbformat
 from traitlets.config import Config
-from nncourse import sandbox
+from nncourse import sandbox, template
 cells = [nbformat.v4.new_code_cell(s) for s in json.loads(sys.argv[1])]
 nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
 config = Config({"SandboxedKernelManager": {"data_variable": "MNIST_DIR"}})  # as the course's configuration
@@ -508,7 +508,7 @@ import os, sys, time
 from jupyter_client.blocking import BlockingKernelClient
 from nbclient.util import run_sync
 from traitlets.config import Config
-from nncourse import sandbox
+from nncourse import sandbox, template
 config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR"}})
 km = sandbox.SandboxedKernelManager(kernel_name="python3", config=config)
 run_sync(km.start_kernel)()

@@ -1,0 +1,163 @@
+"""The warm kernel template of a grader process (SandboxedKernelManager.fork_server): a sandbox
+(bubblewrap, as root with only the capabilities that building each kernel's sandbox needs) running
+nncourse/zygote.py, which imports ipykernel and the preload modules once, then forks one kernel per
+request. Each kernel's stand-in, a small process in the grader (`zygote.py connect`), lives exactly
+as long as the kernel, so the kernel manager starts, polls and kills it as it would the kernel.
+
+A template is described by its recipe (the sandbox's arguments, its environment, the modules), so
+that a run can start the template the last run used before its own settings are known
+(start_early); the first kernel it is asked for checks the recipe against the real one.
+"""
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from . import kernel_env
+
+CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+START_SECONDS = 300  # importing torch on a loaded machine
+PLACE = "/var/tmp"  # templates' folders: not under /tmp, since each kernel mounts an empty /tmp of its own
+ENVIRONMENT = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES, "LANG", "LC_ALL", "OPENBLAS_CORETYPE",
+               "OPENBLAS_L2_SIZE"]  # what the template's Python and libraries read when they load
+
+
+def bind_with_parents(args, path, mode="--ro-bind"):
+    """Bind `path` at the same place, creating readable parent folders in the sandbox."""
+    parents = [p for p in reversed(Path(path).parents) if str(p) != "/"]
+    for parent in parents:
+        args += ["--perms", "0755", "--dir", str(parent)]
+    args += [mode, str(path), str(path)]
+
+
+class KernelTemplate:
+    running = {}  # recipe (JSON) -> KernelTemplate, in this process
+    early = None  # started by start_early from a saved recipe, not yet claimed
+    recipe_file = None  # where `of` saves the recipe of a template it starts, for start_early
+    lock = threading.Lock()
+
+    @classmethod
+    def of(cls, km):
+        """The template for the settings of `km` (a SandboxedKernelManager), started if there is
+        none; None if it stopped (then kernels start in a sandbox of their own, as without one)."""
+        recipe = {"python": sys.executable, "bwrap": km._bwrap_args(),
+                  "env": {k: v for k, v in kernel_env.kernel_environment(os.environ, km.threads).items()
+                          if k in ENVIRONMENT},
+                  "modules": list(km.config.SandboxedExecute.get("preload_modules", ()))}
+        key = json.dumps(recipe, sort_keys=True)
+        with cls.lock:
+            template = cls.running.get(key)
+            if template is None:
+                early, cls.early = cls.early, None
+                if early and early.key == key:
+                    template = early
+                else:
+                    if early:
+                        early.stop()
+                    template = cls(recipe)
+                    cls.save_recipe(recipe)
+                cls.running[key] = template
+            if template.process.poll() is not None:
+                km.log.warning("the kernel template stopped (%s); kernels start without it", template.said())
+                return None
+            return template
+
+    @classmethod
+    def save_recipe(cls, recipe):
+        if cls.recipe_file:
+            try:
+                Path(cls.recipe_file).parent.mkdir(parents=True, exist_ok=True)
+                Path(cls.recipe_file).write_text(json.dumps(recipe, indent=1))
+            except OSError:
+                pass  # only the next run's early start is lost
+
+    @classmethod
+    def start_early(cls, recipe_file):
+        """Start the template of the recipe saved in `recipe_file`, if any, as root: `of` claims
+        it if its settings are the same, and stops it otherwise."""
+        try:
+            recipe = json.loads(Path(recipe_file).read_text())
+        except (OSError, ValueError):
+            return
+        if os.geteuid() == 0 and recipe.get("python") == sys.executable and cls.early is None:
+            cls.early = cls(recipe)
+
+    def __init__(self, recipe):
+        """Start the template; it is ready once its socket exists (each stand-in waits for that)."""
+        from . import zygote
+        self.key = json.dumps(recipe, sort_keys=True)
+        self.source = Path(zygote.__file__).read_text()
+        self.base = Path(tempfile.mkdtemp(prefix="nncourse-template-", dir=PLACE))
+        self.control, self.kernels = self.base / "control", self.base / "kernels"
+        self.control.mkdir(mode=0o700)
+        self.kernels.mkdir()
+        for folder, mode in ((self.base, 0o711), (self.kernels, 0o711)):  # kernels find their own folders only
+            os.chmod(folder, mode)
+        matplotlib = self.kernels / ".matplotlib"  # font cache, built once: kernels read it, never write it
+        matplotlib.mkdir(mode=0o755)
+        self.socket = self.control / "template.sock"
+        lifeline, self.lifeline = os.pipe()
+        # PID 1 of its namespace: when it ends, the system kills every process of its kernels
+        args = list(recipe["bwrap"])
+        bind_with_parents(args, self.control, "--bind")
+        bind_with_parents(args, self.kernels, "--bind")
+        args += ["--chdir", str(self.control), "--as-pid-1", "--cap-drop", "ALL"]
+        for capability in CAPABILITIES:
+            args += ["--cap-add", capability]
+        env = dict(recipe["env"], HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin",
+                   PYTHONDONTWRITEBYTECODE="1", MPLCONFIGDIR=str(matplotlib))
+        with open(self.control / "template.log", "wb") as log:
+            try:
+                self.process = subprocess.Popen(
+                    [*args, "--", recipe["python"], "-c", self.source, "serve", str(self.socket), str(lifeline),
+                     *recipe["modules"]],
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
+            finally:
+                os.close(lifeline)
+        atexit.register(self.stop)
+
+    def said(self):
+        """The end of the template's log."""
+        try:
+            return (self.control / "template.log").read_text(errors="replace")[-2000:].strip() or "no message"
+        except OSError:
+            return "no log"
+
+    def forks(self, kernel_cmd):
+        """Whether a kernel of this command can be forked: ipykernel in this grader's Python."""
+        python = shutil.which(kernel_cmd[0]) if kernel_cmd else None
+        return (python is not None and Path(python).resolve() == Path(sys.executable).resolve()
+                and kernel_cmd[1:3] == ["-m", "ipykernel_launcher"])
+
+    def stand_in_command(self, kernel_cmd, request):
+        """The command of the kernel's stand-in, which asks the template for it."""
+        return [sys.executable, "-I", "-S", "-c", self.source, "connect", str(self.socket), str(self.process.pid),
+                str(START_SECONDS), json.dumps(dict(request, args=kernel_cmd[3:]))]
+
+    def stop(self):
+        """Stop the template and its kernels now: its PID 1 is killed, and the system kills the rest
+        of its namespace. (If this process ends first, the template sees its pipe close.)"""
+        if self.lifeline is None:
+            return
+        os.close(self.lifeline)
+        self.lifeline = None
+        try:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
