@@ -36,6 +36,17 @@ def bind_with_parents(args, path, mode="--ro-bind"):
     args += [mode, str(path), str(path)]
 
 
+def remove_abandoned(mine):
+    """Remove the folders of templates whose grader process is gone without cleaning up (killed)."""
+    for base in Path(PLACE).glob("nncourse-template-*"):
+        try:
+            owner = (base / "control" / "owner").read_text()
+        except OSError:
+            continue
+        if base != mine and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(base, ignore_errors=True)
+
+
 class KernelTemplate:
     running = {}  # recipe (JSON) -> KernelTemplate, in this process
     early = None  # started by start_early from a saved recipe, not yet claimed
@@ -97,6 +108,8 @@ class KernelTemplate:
         self.control, self.kernels = self.base / "control", self.base / "kernels"
         self.control.mkdir(mode=0o700)
         self.kernels.mkdir()
+        (self.control / "owner").write_text(str(os.getpid()))
+        remove_abandoned(self.base)
         for folder, mode in ((self.base, 0o711), (self.kernels, 0o711)):  # kernels find their own folders only
             os.chmod(folder, mode)
         matplotlib = self.kernels / ".matplotlib"  # font cache, built once: kernels read it, never write it

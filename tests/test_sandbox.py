@@ -522,7 +522,7 @@ time.sleep(0.5)
 uid = str(km._uid)  # the kernel's own: the kernel and the sleep it started
 running = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/status")
            and open(f"/proc/{p}/status").read().split("Uid:")[1].split()[0] == uid]
-print(uid, len(running), km._template.process.pid, flush=True)
+print(uid, len(running), km._template.process.pid, km._template.base, flush=True)
 os._exit(0)  # no clean-up at all: as a worker killed with SIGKILL
 """
 
@@ -530,18 +530,22 @@ os._exit(0)  # no clean-up at all: as a worker killed with SIGKILL
 @pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
 def test_the_template_and_its_kernels_end_with_the_grader_process(kernel_start):
     """A grader process that ends without any clean-up leaves no template, no kernel and no
-    process its kernel started behind."""
+    process its kernel started behind; the next template removes the folder it left."""
     env = dict(os.environ, MNIST_DIR=str(DATA_DIR), PYTHONPATH=str(REPO))
     run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES], capture_output=True, text=True, timeout=180,
                          env=env)
-    uid, running, template = run.stdout.split()[-3:]
+    uid, running, template_pid, folder = run.stdout.split()[-4:]
     assert int(running) == 2, run.stdout  # the kernel and the process it started, before the grader ended
     deadline, left = time.time() + 10, ["?"]
     while left and time.time() < deadline:
         left = [p.parent.name for p in Path("/proc").glob("[0-9]*/status") if _uid_of(p) == uid and _alive(p)]
-        left += [template] if _alive(Path(f"/proc/{template}/status")) else []
+        left += [template_pid] if _alive(Path(f"/proc/{template_pid}/status")) else []
         time.sleep(0.1)
     assert not left, f"still running after the grader process ended: {left}"
+    assert Path(folder).is_dir()  # nothing removed it...
+    # a new template starts (its own preload list): it removes the folder
+    assert text(run_cells("print(1)", SandboxedExecute={"preload_modules": ["json"]}).cells[0]) == "1\n"
+    assert not Path(folder).exists()
 
 
 def _uid_of(status):
