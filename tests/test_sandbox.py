@@ -561,3 +561,42 @@ def _alive(status):
         return "\nState:\tZ" not in status.read_text()
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_template_started_early_serves_only_the_settings_of_its_recipe(kernel_start, tmp_path, monkeypatch):
+    """A run saves its template's recipe; the next run starts that template before it knows its
+    settings, and its first kernel claims it when the settings match, or stops it when not."""
+    recipe = tmp_path / "kernel-template.json"
+    monkeypatch.setattr(template.KernelTemplate, "recipe_file", recipe)
+    monkeypatch.setattr(template.KernelTemplate, "early", None)
+    wave, colorsys = ({"SandboxedExecute": {"preload_modules": [name]}} for name in ("wave", "colorsys"))
+    probe = "import sys; print('wave' in sys.modules, 'colorsys' in sys.modules)"
+    monkeypatch.setattr(template.KernelTemplate, "running", {})
+    assert text(run_cells(probe, **wave).cells[0]) == "True False\n"  # the first run saves its recipe
+    assert json.loads(recipe.read_text())["modules"] == ["wave"]
+    for settings, printed, claimed in ((wave, "True False\n", True), (colorsys, "False True\n", False)):
+        monkeypatch.setattr(template.KernelTemplate, "running", {})  # as in a new run
+        template.KernelTemplate.start_early(recipe)
+        early = template.KernelTemplate.early
+        assert early is not None and early.process.poll() is None
+        assert text(run_cells(probe, **settings).cells[0]) == printed
+        assert (list(template.KernelTemplate.running.values()) == [early]) == claimed
+        assert (early.process.poll() is None) == claimed  # one that does not match is stopped
+
+
+@pytest.mark.parametrize("kernel_start", ["own sandbox"], indirect=True)  # no kernel here
+def test_only_a_grade_that_runs_its_kernels_in_process_starts_a_template_early(tmp_path, monkeypatch, kernel_start):
+    """`python -m nncourse grade` starts the saved template early for one submission, or --workers 1,
+    and not for a batch of several workers, a Dask cluster or another command."""
+    from nncourse import __main__ as entry
+    started = []
+    monkeypatch.setattr(template.KernelTemplate, "start_early", lambda recipe: started.append(recipe))
+    for student in ("alice", "bob"):
+        (tmp_path / "submitted" / student).mkdir(parents=True)
+    course = ["--course", str(tmp_path)]
+    for argv, early in [(["grade", "alice"], True), (["grade", "--workers", "1"], True), (["grade"], False),
+                        (["grade", "alice", "--scheduler", "tcp://x:8786"], False), (["report"], False)]:
+        started.clear()
+        entry.start_kernel_template_early(course + argv)
+        assert started == ([tmp_path / entry.RECIPE] if early else []), argv
