@@ -203,13 +203,29 @@ def execution_phases(nb, started, finished):
     return phases
 
 
-def start_worker(threads, modules):
+def start_worker(threads, modules, settings=None):
     """A local worker process's start: the kernels' thread cap for its own numpy and torch (before
-    they load), then the imports its first task needs, done while the driver prepares submissions."""
+    they load), its kernel template for `settings` (it imports torch meanwhile), then the imports
+    its first task needs, done while the driver prepares submissions."""
     import importlib
     kernel_env.cap_threads(threads)
+    if settings is not None:
+        start_kernel_template(settings, threads)
     for name in modules:
         importlib.import_module(name)
+
+
+def start_kernel_template(settings, threads):
+    """Start this process's kernel template for `settings` now (SandboxedKernelManager.fork_server),
+    not at its first kernel. Anything wrong is left for that kernel's start to report."""
+    config, data_dir = kernel_config(settings, threads)
+    km = SandboxedKernelManager(config=config)
+    if data_dir and km._forking():
+        try:
+            check_sandbox(settings)
+            KernelTemplate.of(km)
+        except Exception:
+            pass
 
 
 def worker_data_dir(config):
@@ -470,9 +486,10 @@ class Deferred:
 
 class Runner:
     """Runs worker tasks on a Dask cluster (given its scheduler's address), on local processes,
-    or, for one at a time, in this process."""
+    or, for one at a time, in this process. Local processes import `modules` and start the kernel
+    template for `settings` (worker_settings) as soon as they start."""
 
-    def __init__(self, workers, scheduler=None, log=print, threads=None, modules=()):
+    def __init__(self, workers, scheduler=None, log=print, threads=None, modules=(), settings=None):
         self.client = self.pool = None
         self.calls, self.log = {}, log  # task -> (fn, kwargs), to send it elsewhere
         if scheduler:
@@ -481,7 +498,7 @@ class Runner:
         elif workers > 1:  # fresh processes: a forked copy of this one could inherit torch's
             # OpenMP thread pool in a broken state (InsertProbes computes inputs with torch) and hang
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=start_worker, initargs=(threads or 1, modules))
+                                            initializer=start_worker, initargs=(threads or 1, modules, settings))
             for _ in range(workers):  # each submission starts one process: all start now, not at the first tasks
                 self.pool.submit(int)
 
@@ -623,10 +640,11 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
     if not todo:
         return results
     module = driver.course.assignments.get(driver.assignment)
-    runner = Runner(workers, scheduler, log=log, threads=threads, modules=[__name__, *filter(None, [module])])
+    steps = verdict_steps(driver.config)
+    settings = worker_settings(driver.config, steps)
+    runner = Runner(workers, scheduler, log=log, threads=threads, modules=[__name__, *filter(None, [module])],
+                    settings=settings)
     try:
-        steps = verdict_steps(driver.config)
-        settings = worker_settings(driver.config, steps)
         if not scheduler:
             check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
         if runner.in_process():

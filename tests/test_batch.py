@@ -244,6 +244,26 @@ def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
         runner.close()
 
 
+def kernel_templates():
+    """Run in a batch worker process: its kernel templates, and whether each is running."""
+    from nncourse.template import KernelTemplate
+    return [template.process.poll() is None for template in KernelTemplate.running.values()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="kernels are forked from a template only when grading as root")
+def test_local_worker_processes_start_their_kernel_template_before_any_task():
+    """With fork_server, each worker process starts its kernel template as it starts, so that the
+    template imports torch while the driver prepares the first submissions."""
+    from conftest import DATA_DIR
+    settings = {"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR", "data_dir": str(DATA_DIR)}}
+    for given, expected in ((settings, [True]), (None, [])):
+        runner = batch.Runner(2, settings=given)
+        try:
+            assert runner.submit(kernel_templates).result() == expected
+        finally:
+            runner.close()
+
+
 def test_reading_a_notebook_does_not_compile_an_iri_grammar_in_every_grading_process():
     """./setup removes rfc3987-syntax (2.6 s at each import of nbformat, for a format nothing here checks)."""
     import subprocess
