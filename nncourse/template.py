@@ -71,7 +71,11 @@ class KernelTemplate:
                 else:
                     if early:
                         early.stop()
-                    template = cls(recipe)
+                    try:
+                        template = cls(recipe)
+                    except OSError as err:  # e.g. no folder for it: kernels start as without a template
+                        km.log.warning("the kernel template cannot start (%s); kernels start without it", err)
+                        return None
                     cls.save_recipe(recipe)
                 cls.running[key] = template
             if template.process.poll() is not None:
@@ -97,7 +101,10 @@ class KernelTemplate:
         except (OSError, ValueError):
             return
         if os.geteuid() == 0 and recipe.get("python") == sys.executable and cls.early is None:
-            cls.early = cls(recipe)
+            try:
+                cls.early = cls(recipe)
+            except OSError:  # the first kernel will start one, or say why not
+                pass
 
     def __init__(self, recipe):
         """Start the template; it is ready once its socket exists (each stand-in waits for that)."""

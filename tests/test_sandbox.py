@@ -585,6 +585,19 @@ def test_a_template_started_early_serves_only_the_settings_of_its_recipe(kernel_
         assert (early.process.poll() is None) == claimed  # one that does not match is stopped
 
 
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_template_that_cannot_start_leaves_kernels_to_start_on_their_own(kernel_start, monkeypatch, caplog):
+    """No folder for the template (here a missing one): a warning says why, and the kernel starts
+    in a sandbox of its own, as without a template."""
+    monkeypatch.setattr(template, "PLACE", "/nonexistent/nncourse")
+    monkeypatch.setattr(template.KernelTemplate, "running", {})
+    monkeypatch.setattr(template.KernelTemplate, "early", None)
+    nb = run_cells("import os; print(os.getcwd())")
+    assert text(nb.cells[0]).startswith(tempfile.gettempdir() + "/nncourse-scratch-")  # not a template's folder
+    assert "the kernel template cannot start" in caplog.text and "/nonexistent/nncourse" in caplog.text
+    assert template.KernelTemplate.running == {}
+
+
 @pytest.mark.parametrize("kernel_start", ["own sandbox"], indirect=True)  # no kernel here
 def test_only_a_grade_that_runs_its_kernels_in_process_starts_a_template_early(tmp_path, monkeypatch, kernel_start):
     """`python -m nncourse grade` starts the saved template early for one submission, or --workers 1,
