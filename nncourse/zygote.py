@@ -30,7 +30,7 @@ import sys
 import time
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 LIMITS = {"as": "RLIMIT_AS", "nproc": "RLIMIT_NPROC", "nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE",
@@ -160,8 +160,7 @@ def become_kernel(conn, r, report):
     check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS), "unshare")
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     for place, mib in (("/tmp", r["tmp_mib"]), ("/dev/shm", r["shm_mib"])):
-        check(libc.mount(b"tmpfs", place.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                         f"size={mib}m,mode=1777".encode()), f"mount tmpfs {place}")
+        empty_tmpfs(place, mib)
     import fcntl
     import struct
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # loopback up, as bubblewrap leaves it
@@ -196,6 +195,31 @@ def become_kernel(conn, r, report):
     if "numpy.random" in sys.modules:  # Python's own `random` reseeds itself in a forked child
         sys.modules["numpy.random"].seed()
     sys.argv = ["ipykernel_launcher", *r["args"]]
+
+
+def empty_tmpfs(place, mib):
+    """Mount an empty tmpfs of the kernel's own on `place`, then bind again at their own paths the
+    mounts that were below it (a virtualenv under /tmp, say), read-only where they were."""
+    below = []
+    for line in open("/proc/self/mountinfo"):
+        fields = line.split()
+        point = fields[4].encode().decode("unicode_escape")  # octal escapes such as \040
+        if point.startswith(place + "/") and not any(point.startswith(p + "/") for p, _ in below):
+            below.append((point, "ro" in fields[5].split(",")))
+    held = [(point, ro, os.open(point, os.O_PATH)) for point, ro in below]
+    check(libc.mount(b"tmpfs", place.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, f"size={mib}m,mode=1777".encode()),
+          f"mount tmpfs {place}")
+    for point, ro, fd in held:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(point, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(point), mode=0o755, exist_ok=True)
+            open(point, "a").close()
+        check(libc.mount(f"/proc/self/fd/{fd}".encode(), point.encode(), None, MS_BIND | MS_REC, None), f"bind {point}")
+        if ro:
+            check(libc.mount(None, point.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None),
+                  f"remount {point} read-only")
+        os.close(fd)
 
 
 def run_kernel():

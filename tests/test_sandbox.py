@@ -111,6 +111,24 @@ def test_files_outside_scratch_are_absent_or_read_only(tmp_path):
     assert "train-images-idx3-ubyte" in text(nb.cells[8])
 
 
+def test_a_python_installation_under_tmp_is_shown_read_only(monkeypatch):
+    """Folders the sandbox shows under /tmp (the virtualenv of a checkout in /tmp, as on a CI
+    machine) stay there, read-only, although each kernel gets an empty /tmp of its own."""
+    installed = Path(tempfile.mkdtemp(prefix="python-under-tmp-"))
+    try:
+        os.chmod(installed, 0o755)
+        (installed / "marker.txt").write_text("installed")
+        roots = sandbox.python_roots()
+        monkeypatch.setattr(sandbox, "python_roots", lambda: sorted([*roots, installed]))
+        nb = run_cells(f"print(open({str(installed / 'marker.txt')!r}).read())",
+                       f"open({str(installed / 'new.txt')!r}, 'w')", "open('/tmp/mine', 'w'); print('tmp writable')")
+        assert text(nb.cells[0]) == "installed\n"
+        assert text(nb.cells[1]).startswith("OSError: [Errno 30] Read-only file system")
+        assert text(nb.cells[2]) == "tmp writable\n"
+    finally:
+        shutil.rmtree(installed)
+
+
 def test_no_network_not_even_loopback(listener):
     """The kernel's connections are attempted and fail: its own namespace has only `lo`."""
     port, accepted = listener
