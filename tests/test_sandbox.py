@@ -501,16 +501,17 @@ def test_a_forked_kernel_cannot_reach_its_template_or_the_next_kernel(kernel_sta
     and the template still works."""
     seeds = "import os, random, numpy; print(os.getuid(), os.getcwd(), random.random(), numpy.random.rand())"
     preloaded = {"SandboxedExecute": {"preload_modules": ["random", "numpy.random", "torch"]}}  # seeded in the template
-    a = run_cells(seeds, "open('/tmp/left-by-a', 'w'); open('/dev/shm/left-by-a', 'w'); print(sorted(os.listdir('/tmp')))",
+    left = "print('left-by-a' in os.listdir('/tmp'), 'left-by-a' in os.listdir('/dev/shm'))"
+    a = run_cells(seeds, "open('/tmp/left-by-a', 'w'); open('/dev/shm/left-by-a', 'w')\n" + left,
                   ATTACK_THE_TEMPLATE, "import torch; print(torch.ones(2).sum().item())", **preloaded)
-    b = run_cells(seeds, "print(sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/shm')))",
+    b = run_cells(seeds, left,
                   "import torch; print(torch.ones(2).sum().item())", **preloaded)
     uid_a, cwd_a, *random_a = text(a.cells[0]).split()
     uid_b, cwd_b, *random_b = text(b.cells[0]).split()
     assert "0" not in (uid_a, uid_b) and uid_a != uid_b and cwd_a != cwd_b
     assert random_a[0] != random_b[0] and random_a[1] != random_b[1], "forked kernels share random seeds"
-    assert text(a.cells[1]) == "['left-by-a']\n"  # the files were written...
-    assert text(b.cells[1]) == "[] []\n"  # ...and the next kernel has an empty /tmp and /dev/shm
+    assert text(a.cells[1]) == "True True\n"  # the files were written...
+    assert text(b.cells[1]) == "False False\n"  # ...and the next kernel has a /tmp and /dev/shm of its own
     lines = text(a.cells[2]).splitlines()
     targets = [line.split() for line in lines if line.startswith("target")]
     assert [(t[3], t[5]) for t in targets] == [("0", "True"), ("0", "True")], lines  # root processes, there
