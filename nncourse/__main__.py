@@ -3,6 +3,7 @@
 used, so that it imports torch while this process imports nbgrader and reads the settings (about
 1 s); the first kernel checks it against the real settings (template.KernelTemplate.of)."""
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -30,4 +31,6 @@ def start_kernel_template_early(argv):
 if __name__ == "__main__":  # not when a spawned worker process imports this module
     start_kernel_template_early(sys.argv[1:])
     from .cli import main
-    sys.exit(main())
+    code = main()
+    gc.freeze()  # the interpreter's teardown then skips collecting torch's and nbgrader's objects (1 s here)
+    sys.exit(code)
