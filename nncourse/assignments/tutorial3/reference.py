@@ -4,6 +4,8 @@ Only the grader's process imports this module (and the sandboxed retraining of
 `retrain.py`, for a student whose helpers already lost their points). It never reaches
 the student's kernel during normal grading.
 """
+from functools import lru_cache
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -189,9 +191,19 @@ def onehot(labels, classes=10):
 
 
 def init_params(model_name):
-    """A model's initial parameters, drawn as the training cell does, and the rng after that."""
+    """A model's initial parameters, drawn as the training cell does, and the rng after that
+    (copies of what is drawn once per process)."""
+    params, state = first_draw(model_name)
+    rng = np.random.RandomState()
+    rng.set_state(state)
+    return [p.detach().clone().requires_grad_(p.requires_grad) if isinstance(p, torch.Tensor) else p.copy()
+            for p in params], rng
+
+
+@lru_cache(maxsize=None)
+def first_draw(model_name):
     rng = np.random.RandomState(SEED)
-    return MODELS[model_name].cls(rng).params, rng
+    return MODELS[model_name].cls(rng).params, rng.get_state()
 
 
 def batch_indices(sampler, model_name):
