@@ -4,7 +4,8 @@
   course's grading profile, in the environment our grader gives a kernel that has the machine to
   itself (threads, allocator), and with the threads each kernel of the batch gets (a bound on
   the batch's throughput);
-- one submission graded by `python -m nncourse grade` (autograde and report);
+- one submission graded by `python -m nncourse grade` (autograde and report), run in turn with the
+  floor script (--single-runs times each; overhead_vs_floor is the ratio of their medians);
 - a batch of submissions graded by vanilla sequential `nbgrader autograde` (nbgrader's own steps
   and kernel manager, glibc malloc, default threads, the unchanged notebook), with the course's
   two verdict steps added so that its gradebook can be compared; and by our command, with the
@@ -100,7 +101,8 @@ def main():
     parser.add_argument("--scaling", action="store_true", help="also grade the batch with one worker")
     parser.add_argument("--breakdown", action="store_true", help="print where a submission's time goes")
     parser.add_argument("--single-runs", type=int, default=3,
-                        help="runs of the one-submission grading; their median counts (default 3)")
+                        help="runs of the floor script and of the one-submission grading, in turn; the ratio "
+                             "of their medians counts (default 3)")
     args = parser.parse_args()
     data.provision(DATA_DIR, log=lambda *_: None)
     cores = len(os.sched_getaffinity(0))
@@ -115,23 +117,27 @@ def main():
 
         env = kernel_env.kernel_environment(default_env(), threads=cores)
         env["MPLBACKEND"] = "Agg"
-        floor, _ = timed([python, floor_script(tmp / "floor.py")], tmp, env)
-        print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator: {floor:.1f} s",
+        script = floor_script(tmp / "floor.py")
+        one = make_course(tmp / "one", students[:1])
+        floors, singles = [], []
+        for _ in range(args.single_runs):  # side by side, in turn: the machine's drift touches both alike
+            floors.append(timed([python, script], tmp, env)[0])
+            singles.append(timed([python, "-m", "nncourse", "--course", str(one), "grade", "--force"], one,
+                                 default_env())[0])
+        floor, single = statistics.median(floors), statistics.median(singles)
+        print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator, median of "
+              f"{len(floors)} runs ({', '.join(f'{s:.1f}' for s in floors)}): {floor:.1f} s", flush=True)
+        print(f"one submission, `nncourse grade` (autograde + report), median of {len(singles)} runs, each after "
+              f"a floor run ({', '.join(f'{s:.1f}' for s in singles)}): {single:.1f} s = {single / floor:.2f} x floor",
               flush=True)
         threads = max(1, cores // args.workers)  # what each of our kernels gets in the batch
         env_w = kernel_env.kernel_environment(default_env(), threads=threads)
         env_w["MPLBACKEND"] = "Agg"
-        floor_w, _ = timed([python, floor_script(tmp / "floor.py")], tmp, env_w)
+        floor_w, _ = timed([python, script], tmp, env_w)
         print(f"floor with {threads} thread(s), as each of {args.workers} batch kernels gets: {floor_w:.1f} s; "
               f"so no batch of W = {args.workers} can take less than {floor_w / args.workers:.1f} s per "
               f"submission", flush=True)
 
-        one = make_course(tmp / "one", students[:1])
-        singles = [timed([python, "-m", "nncourse", "--course", str(one), "grade", "--force"], one, default_env())[0]
-                   for _ in range(args.single_runs)]
-        single = statistics.median(singles)
-        print(f"one submission, `nncourse grade` (autograde + report), median of {len(singles)} runs "
-              f"({', '.join(f'{s:.1f}' for s in singles)}): {single:.1f} s = {single / floor:.2f} x floor", flush=True)
 
         vanilla = make_course(tmp / "vanilla", students)
         course = Course.load(vanilla)
