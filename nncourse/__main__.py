@@ -7,8 +7,6 @@ import gc
 import sys
 from pathlib import Path
 
-RECIPE = Path(".batch") / "kernel-template.json"  # in the course folder; batch.grade writes it
-
 
 def start_kernel_template_early(argv):
     parser = argparse.ArgumentParser(add_help=False)
@@ -24,8 +22,9 @@ def start_kernel_template_early(argv):
         return
     students = args.words[1:] or [d for d in (args.course / "submitted").glob("*") if d.is_dir()]
     if len(students) == 1 or args.workers == 1:
+        from .course import kernel_template_recipe
         from .template import KernelTemplate
-        KernelTemplate.start_early(args.course / RECIPE)
+        KernelTemplate.start_early(kernel_template_recipe(args.course))
 
 
 if __name__ == "__main__":  # not when a spawned worker process imports this module

@@ -34,7 +34,7 @@ from traitlets import Unicode
 from traitlets.config import Config
 
 from . import kernel_env
-from .course import Course
+from .course import Course, kernel_template_recipe
 from .grading import autograde_student
 from .sandbox import (KernelInAdvance, SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox,
                       mark_unrun_cells, sandbox_disabled)
@@ -655,8 +655,7 @@ def grade(course, students=None, workers=None, scheduler=None, force=False, assi
         if not scheduler:
             check_sandbox(settings)  # fail before grading anyone; Dask workers check their own machine
         if runner.in_process():
-            from .__main__ import RECIPE
-            KernelTemplate.recipe_file = driver.course.root / RECIPE  # for the next run's early start
+            KernelTemplate.recipe_file = kernel_template_recipe(driver.course.root)  # the next run's early start
             start_kernel_in_advance(settings, threads)
         # computed from the settings the workers get, as each worker computes its own
         environment = grading_environment(driver.assignment, settings_config(settings))

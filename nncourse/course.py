@@ -12,6 +12,13 @@ from functools import cached_property
 from pathlib import Path
 
 CONFIG_FILE = "nbgrader_config.py"
+STATE_FOLDER = ".batch"  # the batch grader's records and executed notebooks, in the course folder
+
+
+def kernel_template_recipe(root):
+    """Where a grading run saves its kernel template's recipe, for the next run's early start
+    (template.KernelTemplate.start_early): known before the course's configuration is read."""
+    return Path(root) / STATE_FOLDER / "kernel-template.json"
 
 
 @dataclass(eq=False)
@@ -106,4 +113,4 @@ class Course:
         return self.root / "logs" / (assignment or self.assignment)
 
     def state_folder(self, assignment=None):
-        return self.root / ".batch" / (assignment or self.assignment)
+        return self.root / STATE_FOLDER / (assignment or self.assignment)

@@ -631,4 +631,4 @@ def test_only_a_grade_that_runs_its_kernels_in_process_starts_a_template_early(t
                         (["grade", "alice", "--scheduler", "tcp://x:8786"], False), (["report"], False)]:
         started.clear()
         entry.start_kernel_template_early(course + argv)
-        assert started == ([tmp_path / entry.RECIPE] if early else []), argv
+        assert started == ([tmp_path / ".batch" / "kernel-template.json"] if early else []), argv
