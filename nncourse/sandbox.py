@@ -263,20 +263,33 @@ class SandboxedExecute(Execute):
         return "immediate"  # the kernel is thrown away; waiting for its clean exit took ~1.4 s
 
     def preprocess(self, nb, resources, km=None):
-        """`km`: a kernel already started (KernelInAdvance.km), stopped here afterwards."""
-        self._output_bytes, self._output_capped, self._report_bytes = 0, False, 0
+        """`km`: a kernel already started (KernelInAdvance.km), stopped here afterwards. A kernel
+        forked from the template that dies before its first cell is the grader's failure, not the
+        notebook's: the template is given up (KernelTemplate.give_up) and the notebook runs again
+        in a kernel with a sandbox of its own."""
         ensure_prepared(nb, configured_data_dir(self.config), log=self.log.warning)  # grading profile
-        try:
-            return super().preprocess(nb, resources, km=km)
-        except DeadKernelError as err:
-            reason = str(err) or "the kernel died"
-        except Exception as err:  # e.g. the kernel could not start
-            if isinstance(err, SandboxError):
-                raise
-            reason = f"{type(err).__name__}: {err}"
-        finally:
-            if km is not None:  # nbclient leaves a kernel it did not start running
-                self.stop_given_kernel()
+        while True:
+            self._output_bytes, self._output_capped, self._report_bytes, self._cells_started = 0, False, 0, 0
+            self._created_km = None
+            try:
+                return super().preprocess(nb, resources, km=km)
+            except DeadKernelError as err:
+                reason = str(err) or "the kernel died"
+            except Exception as err:  # e.g. the kernel could not start
+                if isinstance(err, SandboxError):
+                    raise
+                reason = f"{type(err).__name__}: {err}"
+            finally:
+                if km is not None:  # nbclient leaves a kernel it did not start running
+                    self.stop_given_kernel()
+            forked_from = getattr(km or self._created_km, "_template", None)  # nbclient forgets a failed one
+            if self._cells_started or not forked_from:
+                break
+            self.log.warning("a kernel forked from the kernel template died before its first cell (%s); this "
+                             "notebook and the later ones start in a sandbox of their own. The template's log: %s",
+                             reason, forked_from.said())
+            forked_from.give_up(reason)
+            km = None
         nb.metadata.setdefault("nncourse", {})["stopped"] = reason
         mark_unrun_cells(nb, f"not run: {reason}")
         return nb, resources
@@ -292,7 +305,12 @@ class SandboxedExecute(Execute):
 
     after_cell = None  # called as after_cell(nb, index) once a cell has run (batch workers: EarlyVerdicts)
 
+    def create_kernel_manager(self):
+        self._created_km = super().create_kernel_manager()
+        return self._created_km
+
     def preprocess_cell(self, cell, resources, index):
+        self._cells_started += 1
         cell, resources = super().preprocess_cell(cell, resources, index)
         if self.after_cell:
             self.after_cell(self.nb, index)

@@ -49,6 +49,7 @@ def remove_abandoned(mine):
 
 class KernelTemplate:
     running = {}  # recipe (JSON) -> KernelTemplate, in this process
+    given_up = {}  # recipe (JSON) -> why a kernel of its template died before running anything
     early = None  # started by start_early from a saved recipe, not yet claimed
     recipe_file = None  # where `of` saves the recipe of a template it starts, for start_early
     lock = threading.Lock()
@@ -63,6 +64,8 @@ class KernelTemplate:
                   "modules": list(km.config.SandboxedExecute.get("preload_modules", ()))}
         key = json.dumps(recipe, sort_keys=True)
         with cls.lock:
+            if key in cls.given_up:
+                return None
             template = cls.running.get(key)
             if template is None:
                 early, cls.early = cls.early, None
@@ -141,6 +144,15 @@ class KernelTemplate:
             finally:
                 os.close(lifeline)
         atexit.register(self.stop)
+
+    def give_up(self, why):
+        """Stop this template for good, after one of its kernels died before running anything:
+        every later kernel of its settings in this process starts in a sandbox of its own."""
+        with KernelTemplate.lock:
+            KernelTemplate.given_up[self.key] = why
+            if KernelTemplate.running.get(self.key) is self:
+                del KernelTemplate.running[self.key]
+        self.stop()
 
     def said(self):
         """The end of the template's log."""

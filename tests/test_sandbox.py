@@ -617,6 +617,29 @@ def test_a_template_that_cannot_start_leaves_kernels_to_start_on_their_own(kerne
     assert template.KernelTemplate.running == {}
 
 
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_template_whose_kernels_die_at_start_is_given_up_for_kernels_of_their_own(kernel_start, monkeypatch,
+                                                                                 caplog):
+    """A template that is up but whose kernels die before their first cell (here each is told to start
+    in a folder that does not exist): the notebook runs again in a sandbox of its own, a warning says
+    why, and the later notebooks of this process do not ask the template again."""
+    monkeypatch.setattr(template.KernelTemplate, "running", {})
+    monkeypatch.setattr(template.KernelTemplate, "given_up", {})
+    monkeypatch.setattr(template.KernelTemplate, "early", None)
+    asked, stand_in = [], template.KernelTemplate.stand_in_command
+
+    def broken(self, kernel_cmd, request):
+        asked.append(self)
+        return stand_in(self, kernel_cmd, dict(request, cwd="/nonexistent"))
+    monkeypatch.setattr(template.KernelTemplate, "stand_in_command", broken)
+    for _ in range(2):
+        nb = run_cells("import os; print(os.getcwd())")
+        assert text(nb.cells[0]).startswith(tempfile.gettempdir() + "/nncourse-scratch-"), text(nb.cells[0])
+    assert len(asked) == 1 and asked[0].process.poll() is not None  # asked once, then stopped
+    assert "died before its first cell" in caplog.text and "/nonexistent" in caplog.text  # from the template's log
+    assert list(template.KernelTemplate.given_up) == [asked[0].key]
+
+
 @pytest.mark.parametrize("kernel_start", ["own sandbox"], indirect=True)  # no kernel here
 def test_only_a_grade_that_runs_its_kernels_in_process_starts_a_template_early(tmp_path, monkeypatch, kernel_start):
     """`python -m nncourse grade` starts the saved template early for one submission, or --workers 1,
