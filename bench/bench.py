@@ -138,7 +138,6 @@ def main():
               f"so no batch of W = {args.workers} can take less than {floor_w / args.workers:.1f} s per "
               f"submission", flush=True)
 
-
         vanilla = make_course(tmp / "vanilla", students)
         course = Course.load(vanilla)
         (vanilla / "nbgrader_config.py").write_text(VANILLA_CONFIG.format(root=vanilla, assignments=course.assignments))

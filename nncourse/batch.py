@@ -139,10 +139,10 @@ def run_and_decide(nb, config, timeout, assignment, notebook_name, student, verd
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
         steps = [step(config=config) for step in verdict_steps]
-        early = EarlyVerdicts(steps, resources, overlap)
+        early = EarlyVerdicts(steps, resources)  # its warm-up runs beside the kernel either way
         executing = time.time()
         execute = SandboxedExecute(config=config, timeout=timeout)
-        execute.after_cell = early.cell_done
+        execute.after_cell = early.cell_done if overlap else None
         nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
         phases = execution_phases(nb, executing, time.time())
         deciding = time.time()

@@ -288,7 +288,7 @@ class SandboxedExecute(Execute):
             self.log.warning("a kernel forked from the kernel template died before its first cell (%s); this "
                              "notebook and the later ones start in a sandbox of their own. The template's log: %s",
                              reason, forked_from.said())
-            forked_from.give_up(reason)
+            forked_from.give_up()
             km = None
         nb.metadata.setdefault("nncourse", {})["stopped"] = reason
         mark_unrun_cells(nb, f"not run: {reason}")

@@ -49,7 +49,7 @@ def remove_abandoned(mine):
 
 class KernelTemplate:
     running = {}  # recipe (JSON) -> KernelTemplate, in this process
-    given_up = {}  # recipe (JSON) -> why a kernel of its template died before running anything
+    given_up = set()  # recipes (JSON) whose template's kernel died before running anything
     early = None  # started by start_early from a saved recipe, not yet claimed
     recipe_file = None  # where `of` saves the recipe of a template it starts, for start_early
     lock = threading.Lock()
@@ -145,11 +145,11 @@ class KernelTemplate:
                 os.close(lifeline)
         atexit.register(self.stop)
 
-    def give_up(self, why):
+    def give_up(self):
         """Stop this template for good, after one of its kernels died before running anything:
         every later kernel of its settings in this process starts in a sandbox of its own."""
         with KernelTemplate.lock:
-            KernelTemplate.given_up[self.key] = why
+            KernelTemplate.given_up.add(self.key)
             if KernelTemplate.running.get(self.key) is self:
                 del KernelTemplate.running[self.key]
         self.stop()

@@ -426,12 +426,11 @@ class EarlyVerdicts:
     """The verdict steps' work done while the kernel runs, in one background thread: first their
     warm-up, then each test's verdict as soon as its cell has run (DecideVerdicts.verdict), so that
     the expensive checks (test-set accuracies, retraining) overlap the rest of the notebook. A
-    verdict that fails here for a reason of the grader's own is decided again afterwards.
-    With `overlap` False, only the warm-up runs beside the kernel, and every verdict after it."""
+    verdict that fails here for a reason of the grader's own is decided again afterwards."""
 
-    def __init__(self, steps, resources, overlap=True):
+    def __init__(self, steps, resources):
         from concurrent.futures import ThreadPoolExecutor
-        self.steps, self.resources, self.overlap = [s for s in steps if isinstance(s, DecideVerdicts)], resources, overlap
+        self.steps, self.resources = [s for s in steps if isinstance(s, DecideVerdicts)], resources
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
@@ -447,7 +446,7 @@ class EarlyVerdicts:
 
     def cell_done(self, nb, index):
         """Called by the executing step after cell `index` has run, with all its outputs."""
-        for step in self.steps if self.overlap else ():
+        for step in self.steps:
             assignment, _ = step.assignment(self.resources)
             if assignment is not None and step.test_of(nb.cells[index], assignment):
                 self.futures[id(step), index] = self.pool.submit(self.timed, step.verdict, nb, index,

@@ -624,7 +624,7 @@ def test_a_template_whose_kernels_die_at_start_is_given_up_for_kernels_of_their_
     in a folder that does not exist): the notebook runs again in a sandbox of its own, a warning says
     why, and the later notebooks of this process do not ask the template again."""
     monkeypatch.setattr(template.KernelTemplate, "running", {})
-    monkeypatch.setattr(template.KernelTemplate, "given_up", {})
+    monkeypatch.setattr(template.KernelTemplate, "given_up", set())
     monkeypatch.setattr(template.KernelTemplate, "early", None)
     asked, stand_in = [], template.KernelTemplate.stand_in_command
 
