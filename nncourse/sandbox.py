@@ -32,7 +32,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, List, Unicode, default
 
-from . import kernel_env, template
+from . import kernel_env, memgroup, template
 from .template import KernelTemplate, bind_with_parents
 from .profile import ensure_prepared
 from .verdicts import REPORT_MIME
@@ -94,7 +94,10 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     enabled = Bool(True, help="Run kernels in the sandbox. Turning this off runs student code with "
                               "the grader's own rights.").tag(config=True)
-    memory_gib = Integer(8, help="Address-space limit of the kernel, GiB (RLIMIT_AS)").tag(config=True)
+    memory_gib = Integer(8, help="Memory of the kernel, GiB: the address space of each of its processes "
+                                 "(RLIMIT_AS), and, where the grader may create memory cgroups (as root), the "
+                                 "memory of all its processes together (a kernel template and the kernels "
+                                 "forked from it share one cap)").tag(config=True)
     max_processes = Integer(512, help="Processes and threads of the kernel's uid (RLIMIT_NPROC)").tag(config=True)
     max_open_files = Integer(512, help="Open files (RLIMIT_NOFILE)").tag(config=True)
     max_file_mib = Integer(256, help="Largest file the kernel may write, MiB (RLIMIT_FSIZE)").tag(config=True)
@@ -124,13 +127,15 @@ class SandboxedKernelManager(AsyncKernelManager):
         return self.fork_server and os.geteuid() == 0 and not self._sandbox_off()
 
     async def _async_pre_start_kernel(self, **kw):
-        self._template = None
+        self._template = self._memory = None
         if not self._sandbox_off():
             check_sandbox()
             as_root = os.geteuid() == 0
             self._uid = 200000 + secrets.randbelow(100000) if as_root else os.getuid()
             if self._forking():
                 self._template = KernelTemplate.of(self)
+            if not self._template:
+                self._memory = memgroup.MemoryGroup.create(self.memory_gib * GIB, self.log.warning)
             place = self._template.kernels if self._template else None
             self._runtime = Path(tempfile.mkdtemp(prefix="nncourse-kernel-", dir=place))
             self._scratch = Path(tempfile.mkdtemp(prefix="nncourse-scratch-", dir=place))
@@ -171,7 +176,7 @@ class SandboxedKernelManager(AsyncKernelManager):
                 "fsize": self.max_file_mib * 1024 ** 2, "cpu": self.cpu_seconds, "core": 0}
 
     def _sandbox_command(self, kernel_cmd):
-        args = self._bwrap_args([self._runtime, self._scratch], self._scratch)
+        args = memgroup.join_command(self._memory) + self._bwrap_args([self._runtime, self._scratch], self._scratch)
         args += ["--die-with-parent", "--", "prlimit", *(f"--{name}={value}" for name, value in self._limits().items()), "--"]
         if os.geteuid() == 0:
             args += ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups",
@@ -198,7 +203,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         if self._template and self._template.forks(kernel_cmd):
             kernel_cmd = self._template.stand_in_command(kernel_cmd, {
                 "uid": self._uid, "cwd": str(self._scratch), "env": self._sandbox_env(kw["env"]),
-                "limits": self._limits(), "tmp_mib": TMP_MIB, "shm_mib": SHM_MIB})
+                "limits": self._limits(), "oom_score_adj": memgroup.OOM_SCORE_ADJ, "tmp_mib": TMP_MIB, "shm_mib": SHM_MIB})
             kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         elif not self._sandbox_off():
             kernel_cmd = self._sandbox_command(kernel_cmd)
@@ -229,6 +234,8 @@ class SandboxedKernelManager(AsyncKernelManager):
     cleanup_resources = _async_cleanup_resources  # as for interrupt_kernel
 
     def _remove_folders(self):
+        if getattr(self, "_memory", None):
+            self._memory.remove()
         for folder in (getattr(self, "_runtime", None), getattr(self, "_scratch", None)):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)

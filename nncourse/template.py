@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import kernel_env
+from . import kernel_env, memgroup
 
 CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
 START_SECONDS = 300  # importing torch on a loaded machine
@@ -61,7 +61,8 @@ class KernelTemplate:
         recipe = {"python": sys.executable, "bwrap": km._bwrap_args(),
                   "env": {k: v for k, v in kernel_env.kernel_environment(os.environ, km.threads).items()
                           if k in ENVIRONMENT},
-                  "modules": list(km.config.SandboxedExecute.get("preload_modules", ()))}
+                  "modules": list(km.config.SandboxedExecute.get("preload_modules", ())),
+                  "memory": km.memory_gib * 1024 ** 3}
         key = json.dumps(recipe, sort_keys=True)
         with cls.lock:
             if key in cls.given_up:
@@ -75,7 +76,7 @@ class KernelTemplate:
                     if early:
                         early.stop()
                     try:
-                        template = cls(recipe)
+                        template = cls(recipe, km.log.warning)
                     except OSError as err:  # e.g. no folder for it: kernels start as without a template
                         km.log.warning("the kernel template cannot start (%s); kernels start without it", err)
                         return None
@@ -109,8 +110,9 @@ class KernelTemplate:
             except OSError:  # the first kernel will start one, or say why not
                 pass
 
-    def __init__(self, recipe):
-        """Start the template; it is ready once its socket exists (each stand-in waits for that)."""
+    def __init__(self, recipe, warn=None):
+        """Start the template; it is ready once its socket exists (each stand-in waits for that).
+        The template and its kernels share a memory cap (memgroup); `warn` says if there is none."""
         from . import zygote
         self.key = json.dumps(recipe, sort_keys=True)
         self.source = Path(zygote.__file__).read_text()
@@ -135,12 +137,17 @@ class KernelTemplate:
             args += ["--cap-add", capability]
         env = dict(recipe["env"], HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin",
                    PYTHONDONTWRITEBYTECODE="1", MPLCONFIGDIR=str(matplotlib))
+        self.memory = memgroup.MemoryGroup.create(recipe["memory"], warn)
         with open(self.control / "template.log", "wb") as log:
             try:
                 self.process = subprocess.Popen(
-                    [*args, "--", recipe["python"], "-c", self.source, "serve", str(self.socket), str(lifeline),
-                     *recipe["modules"]],
+                    [*memgroup.join_command(self.memory, oom_score_adj=None), *args, "--", recipe["python"], "-c",
+                     self.source, "serve", str(self.socket), str(lifeline), *recipe["modules"]],
                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
+            except OSError:
+                if self.memory:
+                    self.memory.remove()
+                raise
             finally:
                 os.close(lifeline)
         atexit.register(self.stop)
@@ -192,4 +199,6 @@ class KernelTemplate:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        if self.memory:
+            self.memory.remove()
         shutil.rmtree(self.base, ignore_errors=True)

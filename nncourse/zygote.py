@@ -60,6 +60,8 @@ def serve(path, lifeline, modules):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".new")
     listener.listen(16)
+    import gc
+    gc.freeze()  # the collector leaves the imported objects alone: kernels share their pages, not copy them
     os.rename(path + ".new", path)  # ready
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors and orphans are reaped by the system
     while True:
@@ -172,6 +174,8 @@ def become_kernel(conn, r, report):
     conn.close()
     os.closerange(3, report)  # the template's log, the listener and the lifeline are gone
     os.closerange(report + 1, 65536)
+    with open("/proc/self/oom_score_adj", "w") as adj:  # the OOM killer's first choice; cannot be lowered again
+        adj.write(str(r["oom_score_adj"]))
     import resource
     for name, value in r["limits"].items():
         resource.setrlimit(getattr(resource, LIMITS[name]), (value, value))

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nncourse import sandbox, template
+from nncourse import memgroup, sandbox, template
 
 from conftest import DATA_DIR, REPO
 
@@ -254,6 +255,48 @@ def test_fork_bomb_stops_at_the_process_limit():
     assert text(nb.cells[1]) == "kernel alive\n"
 
 
+SPREAD_OUT = """
+import os, signal, time
+print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())
+children = []
+for _ in range(6):  # 6 processes of 400 MiB each: 2.4 GiB together, each far below RLIMIT_AS
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(b'x') * (400 << 20)  # written, so really in memory
+        time.sleep(60)
+        os._exit(0)
+    children.append(pid)
+time.sleep(8)
+killed = []
+for pid in children:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done and os.WIFSIGNALED(status):
+        killed.append(os.WTERMSIG(status))
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+print('killed', killed)
+"""
+
+
+def test_memory_of_all_the_kernels_processes_together_is_capped():
+    """Processes forked by the kernel share one memory cap (a memory cgroup): 6 children of 400 MiB
+    under a 2 GiB cap are killed by the OOM killer, which takes the kernel's processes first (its OOM
+    score); under 4 GiB all of them live. The grader, outside the cap, is never a candidate."""
+    probe = memgroup.MemoryGroup.create(1 << 30)
+    if probe is None:
+        pytest.skip("this process may not create memory cgroups (grading as an ordinary user)")
+    probe.remove()
+    capped = run_cells(SPREAD_OUT, "print('kernel alive')", timeout=60, **{"SandboxedKernelManager": {"memory_gib": 2}})
+    words = text(capped.cells[0]).split("\n")
+    assert words[0] == "oom_score_adj 1000", words
+    killed = ast.literal_eval(words[1].split(" ", 1)[1])
+    assert 1 <= len(killed) <= 5 and set(killed) == {signal.SIGKILL}, words
+    assert text(capped.cells[1]) == "kernel alive\n"
+    control = run_cells(SPREAD_OUT, timeout=60, **{"SandboxedKernelManager": {"memory_gib": 4}})
+    assert text(control.cells[0]).split("\n")[1] == "killed []", text(control.cells[0])
+
+
 OPEN_FILES = """
 import errno, os, resource
 print('limit', resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -383,7 +426,7 @@ ORDINARY_USER_SCRIPT = """
 import json, os, sys
 import nbformat
 from traitlets.config import Config
-from nncourse import sandbox, template
+from nncourse import memgroup, sandbox, template
 cells = [nbformat.v4.new_code_cell(s) for s in json.loads(sys.argv[1])]
 nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
 config = Config({"SandboxedKernelManager": {"data_variable": "MNIST_DIR"}})  # as the course's configuration
@@ -527,7 +570,7 @@ import os, sys, time
 from jupyter_client.blocking import BlockingKernelClient
 from nbclient.util import run_sync
 from traitlets.config import Config
-from nncourse import sandbox, template
+from nncourse import memgroup, sandbox, template
 config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR"}})
 km = sandbox.SandboxedKernelManager(kernel_name="python3", config=config)
 run_sync(km.start_kernel)()
