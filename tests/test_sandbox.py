@@ -297,6 +297,28 @@ def test_memory_of_all_the_kernels_processes_together_is_capped():
     assert text(control.cells[0]).split("\n")[1] == "killed []", text(control.cells[0])
 
 
+def test_memory_groups_of_a_killed_grader_are_removed_by_the_next_one():
+    """A group left by a grader process that was killed (its pid gone), with a process still in it,
+    is emptied and removed when the next group is created; a live grader's group is left alone."""
+    group = memgroup.MemoryGroup.create(1 << 30)
+    if group is None:
+        pytest.skip("this process may not create memory cgroups (grading as an ordinary user)")
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
+    abandoned = group.folder.with_name(f"{memgroup.PREFIX}{dead}-1")
+    group.folder.rename(abandoned)
+    sleeper = subprocess.Popen(memgroup.join_command(memgroup.MemoryGroup(abandoned), None) + ["sleep", "60"])
+    try:
+        time.sleep(0.5)
+        assert memgroup.MemoryGroup(abandoned).members() == [sleeper.pid]
+        live = memgroup.MemoryGroup.create(1 << 30)
+        assert not abandoned.exists() and sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert live.folder.exists()
+        live.remove()
+        assert not live.folder.exists()
+    finally:
+        sleeper.kill()
+
+
 OPEN_FILES = """
 import errno, os, resource
 print('limit', resource.getrlimit(resource.RLIMIT_NOFILE)[0])
