@@ -102,8 +102,8 @@ class MemoryGroup:
 
 def join_command(group, oom_score_adj=OOM_SCORE_ADJ):
     """A prefix for a command: it joins `group` (if any), sets its OOM score (if any), then runs."""
-    script = ('if [ -n "$0" ]; then echo $$ > "$0" || exit 70; fi; '
-              'if [ -n "$1" ]; then echo "$1" > /proc/self/oom_score_adj || exit 70; fi; shift; exec "$@"')
+    script = ('if [ -n "$0" ]; then echo $$ > "$0"; fi; '  # if either fails, the command runs as without
+              'if [ -n "$1" ]; then echo "$1" > /proc/self/oom_score_adj; fi; shift; exec "$@"')
     return ["/bin/sh", "-c", script, str(group.procs) if group else "",
             "" if oom_score_adj is None else str(oom_score_adj)]
 

@@ -174,8 +174,11 @@ def become_kernel(conn, r, report):
     conn.close()
     os.closerange(3, report)  # the template's log, the listener and the lifeline are gone
     os.closerange(report + 1, 65536)
-    with open("/proc/self/oom_score_adj", "w") as adj:  # the OOM killer's first choice; cannot be lowered again
-        adj.write(str(r["oom_score_adj"]))
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:  # the OOM killer's first choice; cannot be lowered again
+            adj.write(str(r["oom_score_adj"]))
+    except OSError:
+        pass  # as in a sandbox of its own (memgroup.join_command)
     import resource
     for name, value in r["limits"].items():
         resource.setrlimit(getattr(resource, LIMITS[name]), (value, value))
