@@ -127,6 +127,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         return self.fork_server and os.geteuid() == 0 and not self._sandbox_off()
 
     async def _async_pre_start_kernel(self, **kw):
+        if getattr(self, "_memory", None):  # a restart: the old kernel's group goes
+            self._memory.remove()
         self._template = self._memory = None
         if not self._sandbox_off():
             check_sandbox()

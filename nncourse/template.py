@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import kernel_env, memgroup
 
-CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+CAPABILITIES = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL",
+                "CAP_SYS_RESOURCE"]  # the last: a kernel's OOM score is set so that the kernel cannot lower it
 START_SECONDS = 300  # importing torch on a loaded machine
 PLACE = "/var/tmp"  # templates' folders: not under /tmp, since each kernel mounts an empty /tmp of its own
 ENVIRONMENT = ["LD_PRELOAD", "MALLOC_CONF", *kernel_env.THREAD_VARIABLES, "LANG", "LC_ALL", "OPENBLAS_CORETYPE",
@@ -107,7 +108,7 @@ class KernelTemplate:
         if os.geteuid() == 0 and recipe.get("python") == sys.executable and cls.early is None:
             try:
                 cls.early = cls(recipe)
-            except OSError:  # the first kernel will start one, or say why not
+            except Exception:  # e.g. a recipe of an older version: the first kernel starts one, or says why not
                 pass
 
     def __init__(self, recipe, warn=None):
@@ -137,19 +138,21 @@ class KernelTemplate:
             args += ["--cap-add", capability]
         env = dict(recipe["env"], HOME=str(self.control), PATH="/usr/local/bin:/usr/bin:/bin",
                    PYTHONDONTWRITEBYTECODE="1", MPLCONFIGDIR=str(matplotlib))
-        self.memory = memgroup.MemoryGroup.create(recipe["memory"], warn)
-        with open(self.control / "template.log", "wb") as log:
-            try:
+        self.memory = memgroup.MemoryGroup.create(recipe["memory"], warn) if recipe.get("memory") else None
+        try:
+            with open(self.control / "template.log", "wb") as log:
                 self.process = subprocess.Popen(
                     [*memgroup.join_command(self.memory, oom_score_adj=None), *args, "--", recipe["python"], "-c",
                      self.source, "serve", str(self.socket), str(lifeline), *recipe["modules"]],
                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[lifeline])
-            except OSError:
-                if self.memory:
-                    self.memory.remove()
-                raise
-            finally:
-                os.close(lifeline)
+        except BaseException:
+            os.close(self.lifeline)
+            if self.memory:
+                self.memory.remove()
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise
+        finally:
+            os.close(lifeline)
         atexit.register(self.stop)
 
     def give_up(self):

@@ -300,23 +300,44 @@ def test_memory_of_all_the_kernels_processes_together_is_capped():
 def test_memory_groups_of_a_killed_grader_are_removed_by_the_next_one():
     """A group left by a grader process that was killed (its pid gone), with a process still in it,
     is emptied and removed when the next group is created; a live grader's group is left alone."""
-    group = memgroup.MemoryGroup.create(1 << 30)
-    if group is None:
+    live = memgroup.MemoryGroup.create(1 << 30)
+    if live is None:
         pytest.skip("this process may not create memory cgroups (grading as an ordinary user)")
     dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
-    abandoned = group.folder.with_name(f"{memgroup.PREFIX}{dead}-1")
-    group.folder.rename(abandoned)
-    sleeper = subprocess.Popen(memgroup.join_command(memgroup.MemoryGroup(abandoned), None) + ["sleep", "60"])
+    abandoned = memgroup.MemoryGroup(live.folder.with_name(f"{memgroup.PREFIX}{dead}-1"))
+    abandoned.folder.mkdir()
+    sleepers = [subprocess.Popen(memgroup.join_command(group, None) + ["sleep", "60"]) for group in (abandoned, live)]
     try:
         time.sleep(0.5)
-        assert memgroup.MemoryGroup(abandoned).members() == [sleeper.pid]
-        live = memgroup.MemoryGroup.create(1 << 30)
-        assert not abandoned.exists() and sleeper.wait(timeout=10) == -signal.SIGKILL
-        assert live.folder.exists()
-        live.remove()
-        assert not live.folder.exists()
+        assert [abandoned.members(), live.members()] == [[sleeper.pid] for sleeper in sleepers]
+        new = memgroup.MemoryGroup.create(1 << 30)
+        assert not abandoned.folder.exists() and sleepers[0].wait(timeout=10) == -signal.SIGKILL
+        assert live.members() == [sleepers[1].pid] and sleepers[1].poll() is None
+        assert new.remove() and live.remove() and not live.folder.exists()
+        assert sleepers[1].wait(timeout=10) == -signal.SIGKILL
     finally:
-        sleeper.kill()
+        for sleeper in sleepers:
+            sleeper.kill()
+
+
+def grader_may_fix_oom_scores():
+    """Whether this process holds CAP_SYS_RESOURCE, with which a score it sets is the least that
+    the process may set again (root on these machines does not hold it)."""
+    effective = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16)
+    return bool(effective >> 24 & 1)
+
+
+def test_the_kernel_is_the_oom_killers_first_choice_and_never_below_the_grader():
+    """Kernels start with oom_score_adj 1000. Without privilege a process may not set a score below
+    the least one set for it with privilege: never below the grader's 0, and, where the grader holds
+    CAP_SYS_RESOURCE, not below 1000."""
+    write = ("import os\nfd = os.open('/proc/self/oom_score_adj', os.O_WRONLY)\ntry:\n    os.write(fd, b'{}')\n"
+             "except OSError as err:\n    print(type(err).__name__)\nos.close(fd)\n"
+             "print(open('/proc/self/oom_score_adj').read().strip())")
+    nb = run_cells("print(open('/proc/self/oom_score_adj').read().strip())", write.format(-1), write.format(0))
+    assert text(nb.cells[0]) == "1000\n"
+    assert text(nb.cells[1]) == "PermissionError\n1000\n"
+    assert text(nb.cells[2]) == ("PermissionError\n1000\n" if grader_may_fix_oom_scores() else "0\n")
 
 
 OPEN_FILES = """
@@ -667,6 +688,26 @@ def test_a_template_started_early_serves_only_the_settings_of_its_recipe(kernel_
         assert text(run_cells(probe, **settings).cells[0]) == printed
         assert (list(template.KernelTemplate.running.values()) == [early]) == claimed
         assert (early.process.poll() is None) == claimed  # one that does not match is stopped
+
+
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_recipe_saved_by_an_older_version_is_replaced(kernel_start, tmp_path, monkeypatch):
+    """A recipe file written before templates had a memory cap (no "memory"): its early start does not
+    fail the run, and the first kernel, whose settings differ, stops it and starts the current one."""
+    recipe = tmp_path / "kernel-template.json"
+    monkeypatch.setattr(template.KernelTemplate, "recipe_file", recipe)
+    monkeypatch.setattr(template.KernelTemplate, "early", None)
+    monkeypatch.setattr(template.KernelTemplate, "running", {})
+    run_cells("x = 1")  # saves the current recipe
+    older = json.loads(recipe.read_text())
+    del older["memory"]
+    recipe.write_text(json.dumps(older))
+    monkeypatch.setattr(template.KernelTemplate, "running", {})  # as in a new run
+    template.KernelTemplate.start_early(recipe)
+    early = template.KernelTemplate.early
+    assert early is not None and early.memory is None
+    assert text(run_cells("print('ran')").cells[0]) == "ran\n"
+    assert early.process.poll() is not None and "memory" in json.loads(recipe.read_text())
 
 
 @pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
