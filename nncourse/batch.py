@@ -115,7 +115,7 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
             advance.close()
             advance = None
         nb, phases = run_and_decide(nb, config, timeout, assignment, notebook_name, student,
-                                    verdict_steps, advance, overlap=spare_cores(config))
+                                    verdict_steps, advance, idle=not spare_cores(config))
     finally:
         if advance:
             advance.close()
@@ -126,23 +126,24 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
 def spare_cores(config):
     """Whether this machine's kernels leave a core for deciding verdicts while they run. A kernel
     on every core (one submission graded alone) does not: its thread pools stall whenever another
-    thread takes one of their cores, which costs it more than the verdicts cost afterwards."""
+    thread takes one of their cores, so verdicts then take only the CPU time it leaves idle."""
     return config.SandboxedKernelManager.get("threads", 1) < len(os.sched_getaffinity(0))
 
 
-def run_and_decide(nb, config, timeout, assignment, notebook_name, student, verdict_steps, advance, overlap=True):
-    """Execute the notebook in a sandboxed kernel (`advance`'s, if given) and decide its verdicts,
-    while the kernel runs if `overlap` (EarlyVerdicts), else after it: (notebook, seconds by phase)."""
+def run_and_decide(nb, config, timeout, assignment, notebook_name, student, verdict_steps, advance, idle=False):
+    """Execute the notebook in a sandboxed kernel (`advance`'s, if given) and decide its verdicts
+    while the kernel runs (EarlyVerdicts; `idle`: in the CPU time the kernel leaves), the rest
+    after it: (notebook, seconds by phase)."""
     from nbgrader.utils import setenv
 
     with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as scratch, setenv(NBGRADER_EXECUTION="autograde"):
         resources = {"metadata": {"path": scratch},
                      "nbgrader": {"assignment": assignment, "notebook": notebook_name, "student": student}}
         steps = [step(config=config) for step in verdict_steps]
-        early = EarlyVerdicts(steps, resources)  # its warm-up runs beside the kernel either way
+        early = EarlyVerdicts(steps, resources, idle=idle)
         executing = time.time()
         execute = SandboxedExecute(config=config, timeout=timeout)
-        execute.after_cell = early.cell_done if overlap else None
+        execute.after_cell = early.cell_done
         nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
         phases = execution_phases(nb, executing, time.time())
         deciding = time.time()

@@ -6,6 +6,7 @@ model; glibc returns them to the OS each time, so a third of the CPU goes to pag
 jemalloc, told to keep freed pages, removes that cost (measured: 65 s -> 42 s wall for one
 submission). It is used when the system has it (Debian package libjemalloc2).
 """
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,3 +41,65 @@ def cap_threads(threads):
     run first in the fresh process, before those libraries start their thread pools. Without it,
     each worker's verdicts ran on every core while the other workers' kernels trained."""
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+
+
+@contextlib.contextmanager
+def blas_threads(count):
+    """numpy's OpenBLAS at `count` threads inside the block (its setting is global to the process);
+    nothing changes where OpenBLAS cannot be found."""
+    lib = next(filter(None, map(_openblas, _loaded("openblas"))), None)
+    if lib is None:
+        yield
+        return
+    get, set_ = lib
+    before = get()
+    set_(count)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def _loaded(part):
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if part in line.lower() and ".so" in line})
+
+
+def _openblas(path):
+    import ctypes
+    lib = ctypes.CDLL(path)
+    for suffix in ("", "64_"):
+        prefix = "scipy_openblas" if "scipy_openblas" in path else "openblas"
+        get, set_ = f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}"
+        if hasattr(lib, get) and hasattr(lib, set_):
+            return getattr(lib, get), getattr(lib, set_)
+    return None
+
+
+def keep_torch_threads():
+    """Fix the calling thread's torch thread count, which it would otherwise take from the process
+    default at its first parallel operation: call before another thread runs become_idle."""
+    import torch
+    torch.get_num_threads()
+
+
+def become_idle():
+    """For a background thread that must not slow a kernel using every core: only spare CPU time
+    (SCHED_IDLE: any other runnable thread preempts it), and its own torch work on itself alone
+    (OpenMP's thread count is per calling thread; also the default of threads that have not run
+    torch yet, see keep_torch_threads). Returns False where SCHED_IDLE is missing."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only, on Linux
+    except (AttributeError, OSError):
+        return False
+    import torch
+    torch.set_num_threads(1)
+    return True
+
+
+def become_normal(native_id):
+    """Undo become_idle's scheduling for the thread `native_id` (its torch threads stay at 1)."""
+    try:
+        os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass

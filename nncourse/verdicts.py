@@ -426,16 +426,30 @@ class EarlyVerdicts:
     """The verdict steps' work done while the kernel runs, in one background thread: first their
     warm-up, then each test's verdict as soon as its cell has run (DecideVerdicts.verdict), so that
     the expensive checks (test-set accuracies, retraining) overlap the rest of the notebook. A
-    verdict that fails here for a reason of the grader's own is decided again afterwards."""
+    verdict that fails here for a reason of the grader's own is decided again afterwards.
 
-    def __init__(self, steps, resources):
+    `idle`: for a kernel that uses every core. The thread then takes only CPU time the kernel
+    leaves (kernel_env.become_idle) and numpy's BLAS one thread; the verdicts it has not started
+    when the kernel ends are decided afterwards, at full speed."""
+
+    def __init__(self, steps, resources, idle=False):
         from concurrent.futures import ThreadPoolExecutor
         self.steps, self.resources = [s for s in steps if isinstance(s, DecideVerdicts)], resources
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
+        if idle:
+            from . import kernel_env
+            kernel_env.keep_torch_threads()  # the verdicts left for this thread run on every core
+        self.idle = self.pool.submit(self.become_idle) if idle else None
         for step in self.steps:
             self.pool.submit(self.timed, step.warm_up, resources)
+
+    def become_idle(self):
+        from . import kernel_env
+        self.blas = contextlib.ExitStack()
+        self.blas.enter_context(kernel_env.blas_threads(1))
+        return threading.get_native_id() if kernel_env.become_idle() else None
 
     def timed(self, fn, *args):
         started = time.time()
@@ -446,6 +460,8 @@ class EarlyVerdicts:
 
     def cell_done(self, nb, index):
         """Called by the executing step after cell `index` has run, with all its outputs."""
+        if self.idle is not None and self.idle.result() is None:  # no idle scheduling here: decide afterwards
+            return
         for step in self.steps:
             assignment, _ = step.assignment(self.resources)
             if assignment is not None and step.test_of(nb.cells[index], assignment):
@@ -453,10 +469,19 @@ class EarlyVerdicts:
                                                                  self.resources, self.reports[id(step)])
 
     def decided(self, step):
-        """{cell index: Verdict} of `step`, once the background thread has finished."""
+        """{cell index: Verdict} of `step` decided here; in idle mode, those not started are left."""
+        if self.idle is not None:
+            from . import kernel_env
+            for future in self.futures.values():
+                future.cancel()  # only those not started
+            if self.idle.result() is not None:
+                kernel_env.become_normal(self.idle.result())
         self.pool.shutdown(wait=True)
+        if self.idle is not None:
+            self.blas.close()
+            self.idle = None
         return {index: future.result() for (owner, index), future in self.futures.items()
-                if owner == id(step) and future.exception() is None}
+                if owner == id(step) and not future.cancelled() and future.exception() is None}
 
 
 def install_reporter(module_name, notebook_globals):

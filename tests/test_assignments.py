@@ -135,7 +135,8 @@ def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
 def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_notebook(tmp_path_factory,
                                                                                      monkeypatch, kernel):
     """The check of a test runs as soon as its cell has run, once, while the kernel runs the cells after
-    it; unless the kernel has every core (one submission alone): then it runs once the kernel has ended."""
+    it; when the kernel has every core (one submission alone), only in CPU time the kernel leaves
+    (SCHED_IDLE), here while it sleeps."""
     cores = len(os.sched_getaffinity(0))
     if kernel == "leaves a core free":
         if cores < 2:
@@ -145,23 +146,22 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
     monkeypatch.setenv("TINY_MARKS", str(marks))
     checks = TINY_CHECKS.replace('def judge(report, context):\n',
                                  'def judge(report, context):\n    import os, time\n'
-                                 '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()}\\n")\n')
+                                 '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()} {os.sched_getscheduler(0)}\\n")\n')
     source = tiny_source()
     source.cells.append(cell("code", "import time\ntime.sleep(3)", "afterwards", locked=True))
     course = tiny_course(tmp_path_factory, f"verdicts_{kernel.split()[0]}", checks, source)
     submit_tiny(course, "alice", "return a + b")
     results = batch.grade(course, workers=1, assignment="tiny")
     assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
-    decided = [float(line) for line in marks.read_text().split()]
+    decided = [line.split() for line in marks.read_text().splitlines()]
     executed = notebook.read(course / ".batch" / "tiny" / "alice.executed.ipynb")
     stamps = notebook.cells_by_id(executed)["afterwards"].metadata.execution
     started, finished = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00")).timestamp()
                          for k in ("iopub.status.busy", "iopub.status.idle"))
     assert len(decided) == 1, decided
-    if kernel == "leaves a core free":
-        assert decided[0] < finished - 1, (decided, started, finished)
-    else:
-        assert decided[0] > finished, (decided, started, finished)
+    when, policy = float(decided[0][0]), int(decided[0][1])
+    assert when < finished - 1, (decided, started, finished)
+    assert policy == (os.SCHED_OTHER if kernel == "leaves a core free" else os.SCHED_IDLE)
 
 
 def test_a_dask_worker_judges_with_the_checks_as_they_are_now(tmp_path_factory):

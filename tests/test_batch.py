@@ -2,6 +2,8 @@
 broken submissions are graded with a reason; reruns are idempotent."""
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from nncourse.course import Course
 from nncourse.verdicts import REPORT_MIME
 from nncourse.assignments.tutorial3.samples import BY_NAME, STUDENTS, STYLES
 
-from conftest import SEQUENTIAL, local_dask, make_course, submit_fixtures
+from conftest import REPO, SEQUENTIAL, local_dask, make_course, submit_fixtures
 
 TIMEOUT = 60  # per cell in these courses, so that the endless loop below is stopped soon
 
@@ -228,6 +230,30 @@ def test_local_worker_processes_get_the_kernels_thread_cap_for_their_own_verdict
         assert task.result() == (threads, str(threads))
     finally:
         runner.close()
+
+
+IDLE_VERDICTS = """
+import os, sys, torch
+from nncourse import kernel_env, verdicts
+early = verdicts.EarlyVerdicts([], {}, idle=True)
+thread = early.idle.result()
+blas = next(filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas"))))[0]
+during = (os.sched_getscheduler(thread) == os.SCHED_IDLE, blas())
+early.decided(None)
+print(during, (torch.get_num_threads(), blas()))
+"""
+
+
+def test_idle_verdicts_take_idle_cpu_time_and_leave_the_graders_threads_as_they_were():
+    """While the kernel has every core, the verdicts' thread is SCHED_IDLE and numpy's BLAS (global to
+    the process) has one thread; afterwards the grader's own torch and BLAS threads are as before."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: there is nothing to give back")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", IDLE_VERDICTS], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0] == f"(True, 1) ({cores}, {cores})"
 
 
 def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
