@@ -52,6 +52,18 @@ class Failed(Exception):
     """A failed check; its message is what the student reads (what is wrong, never the answer)."""
 
 
+class AfterTheKernel(Exception):
+    """Raised by not_beside_the_kernel: the verdict is decided again once the kernel has ended."""
+
+
+def not_beside_the_kernel(what):
+    """For a check about to start `what` (another kernel, say) that would take cores from a kernel that
+    has every core: in EarlyVerdicts' idle thread it stops here, and the verdict waits for the kernel."""
+    import os
+    if getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE:
+        raise AfterTheKernel(what)
+
+
 @dataclass
 class Check:
     """How one test cell is decided: its report's fields (name or regex -> dtype kinds and,
@@ -430,7 +442,8 @@ class EarlyVerdicts:
 
     `idle`: for a kernel that uses every core. The thread then takes only CPU time the kernel
     leaves (kernel_env.become_idle) and numpy's BLAS one thread; the verdicts it has not started
-    when the kernel ends are decided afterwards, at full speed."""
+    when the kernel ends, and those of checks that would start another kernel
+    (not_beside_the_kernel), are decided afterwards, at full speed."""
 
     def __init__(self, steps, resources, idle=False):
         from concurrent.futures import ThreadPoolExecutor

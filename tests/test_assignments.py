@@ -131,12 +131,12 @@ def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
     assert "add raised NameError" in outputs["carol"]
 
 
-@pytest.mark.parametrize("kernel", ["leaves a core free", "has every core"])
+@pytest.mark.parametrize("kernel", ["leaves a core free", "has every core", "has every core, check starts a kernel"])
 def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_notebook(tmp_path_factory,
                                                                                      monkeypatch, kernel):
     """The check of a test runs as soon as its cell has run, once, while the kernel runs the cells after
     it; when the kernel has every core (one submission alone), only in CPU time the kernel leaves
-    (SCHED_IDLE), here while it sleeps."""
+    (SCHED_IDLE), here while it sleeps, and a check that would start another kernel waits for it to end."""
     cores = len(os.sched_getaffinity(0))
     if kernel == "leaves a core free":
         if cores < 2:
@@ -144,12 +144,14 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
         monkeypatch.setattr(batch, "default_workers", lambda: 1)  # one thread for the one kernel
     marks = tmp_path_factory.mktemp("marks") / "decided"
     monkeypatch.setenv("TINY_MARKS", str(marks))
+    waits = '    from nncourse.verdicts import not_beside_the_kernel\n    not_beside_the_kernel("a kernel")\n'
     checks = TINY_CHECKS.replace('def judge(report, context):\n',
                                  'def judge(report, context):\n    import os, time\n'
+                                 + (waits if kernel.endswith("kernel") else "") +
                                  '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()} {os.sched_getscheduler(0)}\\n")\n')
     source = tiny_source()
     source.cells.append(cell("code", "import time\ntime.sleep(3)", "afterwards", locked=True))
-    course = tiny_course(tmp_path_factory, f"verdicts_{kernel.split()[0]}", checks, source)
+    course = tiny_course(tmp_path_factory, "verdicts_" + kernel.replace(",", "").replace(" ", "_"), checks, source)
     submit_tiny(course, "alice", "return a + b")
     results = batch.grade(course, workers=1, assignment="tiny")
     assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
@@ -160,8 +162,11 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
                          for k in ("iopub.status.busy", "iopub.status.idle"))
     assert len(decided) == 1, decided
     when, policy = float(decided[0][0]), int(decided[0][1])
-    assert when < finished - 1, (decided, started, finished)
-    assert policy == (os.SCHED_OTHER if kernel == "leaves a core free" else os.SCHED_IDLE)
+    if kernel.endswith("kernel"):
+        assert when > finished and policy == os.SCHED_OTHER, (decided, started, finished)
+    else:
+        assert when < finished - 1, (decided, started, finished)
+        assert policy == (os.SCHED_OTHER if kernel == "leaves a core free" else os.SCHED_IDLE)
 
 
 def test_a_dask_worker_judges_with_the_checks_as_they_are_now(tmp_path_factory):

@@ -18,7 +18,7 @@ import torch
 
 from . import data
 from nncourse.sandbox import configured_data_dir
-from nncourse.verdicts import Check, Failed, Memo
+from nncourse.verdicts import Check, Failed, Memo, not_beside_the_kernel
 from . import reference as ref
 
 PROBES_FILE = Path(__file__).with_name("probes.py")
@@ -512,6 +512,7 @@ class Context:
         from .retrain import retrain
         key = (test, student_model)
         if key not in self._retrained:
+            not_beside_the_kernel("retraining in a second kernel")
             self._retrained[key] = retrain(self.nb, self.step, test, model_name, student_model)
         return self._retrained[key]
 
