@@ -451,6 +451,7 @@ class EarlyVerdicts:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
+        self.blas = contextlib.ExitStack()  # numpy's BLAS threads while idle; given back in decided()
         if idle:
             from . import kernel_env
             kernel_env.keep_torch_threads()  # the verdicts left for this thread run on every core
@@ -459,10 +460,13 @@ class EarlyVerdicts:
             self.pool.submit(self.timed, step.warm_up, resources)
 
     def become_idle(self):
+        """This thread's native id once it is idle, else None (then every verdict waits for the kernel)."""
         from . import kernel_env
-        self.blas = contextlib.ExitStack()
-        self.blas.enter_context(kernel_env.blas_threads(1))
-        return threading.get_native_id() if kernel_env.become_idle() else None
+        try:
+            self.blas.enter_context(kernel_env.blas_threads(1))
+            return threading.get_native_id() if kernel_env.become_idle() else None
+        except Exception:
+            return None
 
     def timed(self, fn, *args):
         started = time.time()
@@ -490,9 +494,8 @@ class EarlyVerdicts:
             if self.idle.result() is not None:
                 kernel_env.become_normal(self.idle.result())
         self.pool.shutdown(wait=True)
-        if self.idle is not None:
-            self.blas.close()
-            self.idle = None
+        self.blas.close()
+        self.idle = None
         return {index: future.result() for (owner, index), future in self.futures.items()
                 if owner == id(step) and not future.cancelled() and future.exception() is None}
 

@@ -258,6 +258,16 @@ def test_idle_verdicts_take_idle_cpu_time_and_leave_the_graders_threads_as_they_
     assert result.stdout.split("\n")[0] == f"(True, 1) ({cores}, {cores})"
 
 
+def test_idle_verdicts_that_cannot_be_set_up_wait_for_the_kernel(monkeypatch):
+    """Where the idle scheduling fails, no verdict runs beside the kernel, and grading goes on."""
+    from nncourse import kernel_env, verdicts
+    monkeypatch.setattr(kernel_env, "become_idle", lambda: 1 / 0)
+    early = verdicts.EarlyVerdicts([], {}, idle=True)
+    assert early.idle.result() is None
+    early.cell_done(None, 0)  # returns before it looks at the notebook
+    assert early.decided(None) == {}
+
+
 def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
     """The pool's processes start with the runner, not with the first tasks, and import the named
     modules (the grader and the assignment's checks) before any task arrives."""
