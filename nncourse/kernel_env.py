@@ -68,8 +68,8 @@ def _loaded(part):
 def _openblas(path):
     import ctypes
     lib = ctypes.CDLL(path)
+    prefix = "scipy_openblas" if "scipy_openblas" in path else "openblas"
     for suffix in ("", "64_"):
-        prefix = "scipy_openblas" if "scipy_openblas" in path else "openblas"
         get, set_ = f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}"
         if hasattr(lib, get) and hasattr(lib, set_):
             return getattr(lib, get), getattr(lib, set_)
@@ -95,6 +95,11 @@ def become_idle():
     import torch
     torch.set_num_threads(1)
     return True
+
+
+def is_idle():
+    """Whether the calling thread runs as become_idle left it."""
+    return getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE
 
 
 def become_normal(native_id):

@@ -59,8 +59,8 @@ class AfterTheKernel(Exception):
 def not_beside_the_kernel(what):
     """For a check about to start `what` (another kernel, say) that would take cores from a kernel that
     has every core: in EarlyVerdicts' idle thread it stops here, and the verdict waits for the kernel."""
-    import os
-    if getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE:
+    from . import kernel_env
+    if kernel_env.is_idle():
         raise AfterTheKernel(what)
 
 
