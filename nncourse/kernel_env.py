@@ -78,9 +78,9 @@ def _openblas(path):
 
 def keep_torch_threads():
     """Fix the calling thread's torch thread count, which it would otherwise take from the process
-    default at its first parallel operation: call before another thread runs become_idle."""
+    default at its first parallel operation: call before another thread runs become_idle. Returns it."""
     import torch
-    torch.get_num_threads()
+    return torch.get_num_threads()
 
 
 def become_idle():
@@ -102,9 +102,13 @@ def is_idle():
     return getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE
 
 
-def become_normal(native_id):
-    """Undo become_idle's scheduling for the thread `native_id` (its torch threads stay at 1)."""
+def become_normal(native_id, torch_threads=None):
+    """Undo become_idle's scheduling for the thread `native_id` (0: the calling thread). Its torch
+    threads stay at 1, unless the calling thread is that one and `torch_threads` says how many."""
     try:
         os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):
         pass
+    if torch_threads and native_id == 0:
+        import torch
+        torch.set_num_threads(torch_threads)

@@ -443,7 +443,9 @@ class EarlyVerdicts:
     `idle`: for a kernel that uses every core. The thread then takes only CPU time the kernel
     leaves (kernel_env.become_idle) and numpy's BLAS one thread; the verdicts it has not started
     when the kernel ends, and those of checks that would start another kernel
-    (not_beside_the_kernel), are decided afterwards, at full speed."""
+    (not_beside_the_kernel), are decided afterwards, at full speed. Once the last code cell has
+    run, the kernel has nothing left to compute: the thread is then given every core again, and
+    decides that cell's verdicts while the kernel stops."""
 
     def __init__(self, steps, resources, idle=False):
         from concurrent.futures import ThreadPoolExecutor
@@ -452,9 +454,10 @@ class EarlyVerdicts:
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
         self.blas = contextlib.ExitStack()  # numpy's BLAS threads while idle; given back in decided()
+        self.torch_threads = None  # the grader's own, given back to the thread after the last cell
         if idle:
             from . import kernel_env
-            kernel_env.keep_torch_threads()  # the verdicts left for this thread run on every core
+            self.torch_threads = kernel_env.keep_torch_threads()  # the verdicts left for this thread run on every core
         self.idle = self.pool.submit(self.become_idle) if idle else None
         for step in self.steps:
             self.pool.submit(self.timed, step.warm_up, resources)
@@ -468,6 +471,12 @@ class EarlyVerdicts:
         except Exception:
             return None
 
+    def become_normal(self):
+        """After the last cell: this thread's priority, torch and BLAS threads as the grader's own."""
+        from . import kernel_env
+        kernel_env.become_normal(0, self.torch_threads)
+        self.blas.close()
+
     def timed(self, fn, *args):
         started = time.time()
         try:
@@ -479,6 +488,8 @@ class EarlyVerdicts:
         """Called by the executing step after cell `index` has run, with all its outputs."""
         if self.idle is not None and self.idle.result() is None:  # no idle scheduling here: decide afterwards
             return
+        if self.idle is not None and not any(c.cell_type == "code" and c.source.strip() for c in nb.cells[index + 1:]):
+            self.pool.submit(self.become_normal)  # the last cell: the kernel only stops now
         for step in self.steps:
             assignment, _ = step.assignment(self.resources)
             if assignment is not None and step.test_of(nb.cells[index], assignment):

@@ -131,12 +131,15 @@ def test_a_second_assignment_needs_only_its_own_folder(tmp_path_factory):
     assert "add raised NameError" in outputs["carol"]
 
 
-@pytest.mark.parametrize("kernel", ["leaves a core free", "has every core", "has every core, check starts a kernel"])
+@pytest.mark.parametrize("kernel", ["leaves a core free", "has every core", "has every core, check starts a kernel",
+                                    "has every core, test ends the notebook"])
 def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_notebook(tmp_path_factory,
                                                                                      monkeypatch, kernel):
     """The check of a test runs as soon as its cell has run, once, while the kernel runs the cells after
     it; when the kernel has every core (one submission alone), only in CPU time the kernel leaves
-    (SCHED_IDLE), here while it sleeps, and a check that would start another kernel waits for it to end."""
+    (SCHED_IDLE), here while it sleeps, and a check that would start another kernel waits for it to end.
+    After the notebook's last cell, the check runs beside the stopping kernel with the grader's own
+    priority and torch threads."""
     cores = len(os.sched_getaffinity(0))
     if kernel == "leaves a core free":
         if cores < 2:
@@ -146,27 +149,36 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
     monkeypatch.setenv("TINY_MARKS", str(marks))
     waits = '    from nncourse.verdicts import not_beside_the_kernel\n    not_beside_the_kernel("a kernel")\n'
     checks = TINY_CHECKS.replace('def judge(report, context):\n',
-                                 'def judge(report, context):\n    import os, time\n'
+                                 'def judge(report, context):\n    import os, threading, time, torch\n'
                                  + (waits if kernel.endswith("kernel") else "") +
-                                 '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()} {os.sched_getscheduler(0)}\\n")\n')
+                                 '    open(os.environ["TINY_MARKS"], "a").write(f"{time.time()} {os.sched_getscheduler(0)} '
+                                 '{torch.get_num_threads()} {threading.current_thread().name}\\n")\n')
     source = tiny_source()
-    source.cells.append(cell("code", "import time\ntime.sleep(3)", "afterwards", locked=True))
+    last = "add_correct" if kernel.endswith("notebook") else "afterwards"
+    if last == "afterwards":
+        source.cells.append(cell("code", "import time\ntime.sleep(3)", "afterwards", locked=True))
+    assert [c for c in source.cells if c.cell_type == "code"][-1].metadata.nbgrader.grade_id == last
     course = tiny_course(tmp_path_factory, "verdicts_" + kernel.replace(",", "").replace(" ", "_"), checks, source)
     submit_tiny(course, "alice", "return a + b")
     results = batch.grade(course, workers=1, assignment="tiny")
     assert results["alice"].graded and scores(course, "tiny", "tiny")["alice"]["add_correct"] == (2.0, 2.0)
     decided = [line.split() for line in marks.read_text().splitlines()]
     executed = notebook.read(course / ".batch" / "tiny" / "alice.executed.ipynb")
-    stamps = notebook.cells_by_id(executed)["afterwards"].metadata.execution
+    stamps = notebook.cells_by_id(executed)[last].metadata.execution
     started, finished = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00")).timestamp()
                          for k in ("iopub.status.busy", "iopub.status.idle"))
     assert len(decided) == 1, decided
-    when, policy = float(decided[0][0]), int(decided[0][1])
+    when, policy, threads, thread = float(decided[0][0]), int(decided[0][1]), int(decided[0][2]), decided[0][3]
     if kernel.endswith("kernel"):
         assert when > finished and policy == os.SCHED_OTHER, (decided, started, finished)
+    elif kernel.endswith("notebook"):  # in the verdicts' thread, no longer idle
+        assert (policy, threads, thread.startswith("verdicts")) == (os.SCHED_OTHER, cores, True), decided
     else:
         assert when < finished - 1, (decided, started, finished)
         assert policy == (os.SCHED_OTHER if kernel == "leaves a core free" else os.SCHED_IDLE)
+        assert thread.startswith("verdicts"), decided
+        if kernel == "has every core":
+            assert threads == 1, decided
 
 
 def test_a_dask_worker_judges_with_the_checks_as_they_are_now(tmp_path_factory):
