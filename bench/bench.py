@@ -5,7 +5,9 @@
   itself (threads, allocator), and with the threads each kernel of the batch gets (a bound on
   the batch's throughput);
 - one submission graded by `python -m nncourse grade` (autograde and report), run in turn with the
-  floor script (--single-runs times each; overhead_vs_floor is the ratio of their medians);
+  floor script (--single-runs times each; overhead_vs_floor is the ratio of their medians), after
+  one run of each that is printed but not counted (--warm-up): a course's first grading finds no
+  kernel template recipe to start early, a cost paid once per course;
 - a batch of submissions graded by vanilla sequential `nbgrader autograde` (nbgrader's own steps
   and kernel manager, glibc malloc, default threads, the unchanged notebook), with the course's
   two verdict steps added so that its gradebook can be compared; and by our command, with the
@@ -100,9 +102,12 @@ def main():
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--scaling", action="store_true", help="also grade the batch with one worker")
     parser.add_argument("--breakdown", action="store_true", help="print where a submission's time goes")
-    parser.add_argument("--single-runs", type=int, default=3,
+    parser.add_argument("--single-runs", type=int, default=5,
                         help="runs of the floor script and of the one-submission grading, in turn; the ratio "
-                             "of their medians counts (default 3)")
+                             "of their medians counts (default 5)")
+    parser.add_argument("--warm-up", type=int, default=1,
+                        help="runs of each before those, printed but not counted: the course's first grading "
+                             "has no kernel template recipe to start early yet (default 1)")
     args = parser.parse_args()
     data.provision(DATA_DIR, log=lambda *_: None)
     cores = len(os.sched_getaffinity(0))
@@ -120,10 +125,15 @@ def main():
         script = floor_script(tmp / "floor.py")
         one = make_course(tmp / "one", students[:1])
         floors, singles = [], []
-        for _ in range(args.single_runs):  # side by side, in turn: the machine's drift touches both alike
+        for _ in range(args.warm_up + args.single_runs):  # side by side, in turn: the drift touches both alike
             floors.append(timed([python, script], tmp, env)[0])
             singles.append(timed([python, "-m", "nncourse", "--course", str(one), "grade", "--force"], one,
                                  default_env())[0])
+        if args.warm_up:
+            print(f"warm-up, not counted: floor {', '.join(f'{s:.1f}' for s in floors[:args.warm_up])} s; one "
+                  f"submission, the course's first grading, {', '.join(f'{s:.1f}' for s in singles[:args.warm_up])} s",
+                  flush=True)
+            floors, singles = floors[args.warm_up:], singles[args.warm_up:]
         floor, single = statistics.median(floors), statistics.median(singles)
         print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator, median of "
               f"{len(floors)} runs ({', '.join(f'{s:.1f}' for s in floors)}): {floor:.1f} s", flush=True)
