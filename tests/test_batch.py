@@ -314,9 +314,11 @@ def test_reading_a_notebook_does_not_compile_an_iri_grammar_in_every_grading_pro
 
 EXIT_PROBE = """
 import atexit, os, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from nncourse.__main__ import exit_without_teardown
 atexit.register(print, "atexit handler ran")
 threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
+ThreadPoolExecutor(1).submit(int).result()  # an idle pool, never shut down: its thread waits for work
 real_exit = os._exit
 os._exit = lambda code: (print("os._exit", code), sys.stdout.flush(), real_exit(code))
 print("unfinished line ", end="")
@@ -325,10 +327,11 @@ exit_without_teardown(3)
 
 
 def test_the_command_line_ends_as_sys_exit_would_but_without_the_interpreters_teardown():
-    """`python -m nncourse` waits for its threads, runs its atexit handlers, flushes its output and
-    keeps its exit code, then ends at once (os._exit) instead of tearing down torch and every module;
-    a command that fails still says why, with its own exit code."""
-    result = subprocess.run([sys.executable, "-c", EXIT_PROBE], capture_output=True, text=True, cwd=REPO)
+    """`python -m nncourse` waits for its threads (an idle thread pool left open is told to stop, as
+    at any exit), runs its atexit handlers, flushes its output and keeps its exit code, then ends at
+    once (os._exit) instead of tearing down torch and every module; a command that fails still says
+    why, with its own exit code."""
+    result = subprocess.run([sys.executable, "-c", EXIT_PROBE], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert (result.returncode, result.stdout) == (3, "unfinished line thread finished\natexit handler ran\nos._exit 3\n")
     result = subprocess.run([sys.executable, "-m", "nncourse", "--course", "/nonexistent", "scores"],
                             capture_output=True, text=True, cwd=REPO)
