@@ -90,6 +90,12 @@ class MemoryGroup:
                      "a kernel that forks many copies of itself can fill the machine's memory")
             return None
 
+    def name_after(self, pid):
+        """Rename the group after process `pid`: it is abandoned once that process is gone."""
+        folder = self.folder.with_name(f"{PREFIX}{pid}-{time.monotonic_ns()}")
+        os.rename(self.folder, folder)
+        self.folder, self.procs = folder, folder / "cgroup.procs"
+
     def members(self):
         try:
             return [int(pid) for pid in self.procs.read_text().split()]
@@ -147,6 +153,14 @@ def remove_abandoned(parent):
     """Remove the groups of grader processes that are gone (killed before removing theirs)."""
     for folder in parent.glob(f"{PREFIX}*"):
         owner = folder.name[len(PREFIX):].split("-")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists() and folder not in STUCK:
+        if owner.isdigit() and gone(owner) and folder not in STUCK:
             if not MemoryGroup(folder).remove(seconds=1):
                 STUCK.add(folder)
+
+
+def gone(pid):
+    """Whether process `pid` has ended (a zombie has, even before its new parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

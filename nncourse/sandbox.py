@@ -113,6 +113,11 @@ class SandboxedKernelManager(AsyncKernelManager):
                                    "imported once per process instead of once per notebook. Each kernel still gets "
                                    "a sandbox and a uid of its own. Only when grading as root (each kernel needs "
                                    "a uid of its own); otherwise every kernel starts its own sandbox.").tag(config=True)
+    keep_template_seconds = Integer(0, help="How long a kernel template (fork_server) stays up after its grader "
+                                           "process ends, waiting for the next grading command of the same settings "
+                                           "to take it over: that command's kernels then start without importing "
+                                           "anything. Until then it holds its modules' memory. 0: it ends with its "
+                                           "grader process.").tag(config=True)
 
     def _data_dir(self):
         return self.data_dir or os.environ.get(self.data_variable, "")

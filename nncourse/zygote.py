@@ -16,9 +16,13 @@ reaches the template or the next kernel.
 
 This file uses the standard library only: the grader runs it by its source (`python -c`), since
 nncourse itself is not inside the sandbox.
-  serve SOCKET LIFELINE_FD MODULE...   the template (in the sandbox)
-  connect SOCKET PID SECONDS REQUEST   the kernel's stand-in (in the grader, outside the sandbox):
-                                       it lives exactly as long as the kernel, and exits with its code
+  serve SOCKET LIFELINE_FD KEEP MODULE...  the template (in the sandbox)
+  connect SOCKET PID SECONDS REQUEST       the kernel's stand-in (in the grader, outside the sandbox):
+                                           it lives exactly as long as the kernel, and exits with its code
+
+The template's owner is the grader process that started it (LIFELINE_FD is a pipe from it) or,
+once that has ended, the one that took it over (a connection that asked {"own": true}). With
+KEEP = 0 it ends with its first owner; otherwise it waits KEEP seconds for the next owner, then ends.
 """
 import ctypes
 import json
@@ -46,7 +50,7 @@ def check(result, what):
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def serve(path, lifeline, modules):
+def serve(path, lifeline, keep, modules):
     import importlib
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it in each kernel
     for name in modules:  # before ipykernel: 0.11 s sooner ready (median of 8 pairs in turn, 7 of 8 sooner)
@@ -65,16 +69,39 @@ def serve(path, lifeline, modules):
     # (a gc.collect() first took 0.17 s before the template is ready, for no less private memory per kernel)
     os.rename(path + ".new", path)  # ready
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors and orphans are reaped by the system
+    owner, free_since = lifeline, None  # readable (its end) once the owner is gone
     while True:
-        ready, _, _ = select.select([listener, lifeline], [], [])
-        if lifeline in ready:  # the grader process is gone: so are we, and as PID 1, every kernel with us
+        watch = [listener] + ([owner] if owner is not None else [])
+        ready, _, _ = select.select(watch, [], [], None if owner is not None else 1.0)
+        if owner is not None and owner in ready:  # the owner is gone: its kernels' stand-ins end them
+            if keep <= 0:  # and so do we, and as PID 1, every kernel with us
+                os._exit(0)
+            os.close(owner) if isinstance(owner, int) else owner.close()
+            owner, free_since = None, time.monotonic()
+        if owner is None and time.monotonic() - free_since > keep:
             os._exit(0)
+        if listener not in ready:
+            continue
         conn, _ = listener.accept()
+        try:
+            conn.settimeout(10)
+            request = json.loads(read_line(conn))
+            conn.settimeout(None)
+        except (OSError, ValueError):
+            conn.close()
+            continue
+        if request.get("own"):
+            conn.sendall(b"owned\n" if owner is None else b"busy\n")
+            if owner is None:
+                owner = conn
+            else:
+                conn.close()
+            continue
         if os.fork() == 0:
             listener.close()
-            os.close(lifeline)
+            os.close(owner) if isinstance(owner, int) else owner.close()
             try:
-                supervise(conn)
+                supervise(conn, request)
             except BaseException as err:
                 os.write(2, f"supervisor {os.getpid()}: {type(err).__name__}: {err}\n".encode())
             finally:
@@ -82,10 +109,20 @@ def serve(path, lifeline, modules):
         conn.close()
 
 
-def supervise(conn):
+def read_line(conn):
+    """One line from a socket, read without a buffer (a buffer could keep what follows it)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = conn.recv(1)
+        if not byte:
+            raise OSError("the connection ended before its first line")
+        line += byte
+    return line.decode()
+
+
+def supervise(conn, request):
     """Fork the kernel of one request, wait for it or for the stand-in to go, then kill its uid."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    request = json.loads(conn.makefile("r").readline())
     said, report = os.pipe()  # why the kernel's set-up failed, if it did
     pid = os.fork()
     if pid == 0:  # the kernel: it never returns into the supervisor's code
@@ -255,21 +292,29 @@ def connect(path, template_pid, start_seconds, request):
         if time.time() > deadline:
             sys.exit(f"the kernel template was not ready after {start_seconds} s")
         time.sleep(0.01)
+    grader = os.getppid()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(request.encode() + b"\n")
-        for line in s.makefile("r"):
+        while True:
+            if not select.select([s], [], [], 1.0)[0]:
+                if os.getppid() != grader:  # the grader is gone: so are we, and the supervisor ends the kernel
+                    sys.exit(1)
+                continue
+            try:
+                line = read_line(s)
+            except OSError:
+                sys.exit(1)  # the template went away
             kind, value = line.split()
             if kind == "exit":
                 code = int(value)
                 sys.exit(code if code >= 0 else 128 - code)
-    sys.exit(1)  # the template went away
 
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "serve":
-        serve(rest[0], int(rest[1]), rest[2:])
+        serve(rest[0], int(rest[1]), float(rest[2]), rest[3:])
     elif command == "connect":
         connect(*rest)
     else:

@@ -614,7 +614,10 @@ from jupyter_client.blocking import BlockingKernelClient
 from nbclient.util import run_sync
 from traitlets.config import Config
 from nncourse import memgroup, sandbox, template
-config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR"}})
+keep, modules, end = (sys.argv[1:] + ["0", "", "vanish"][len(sys.argv) - 1:])[:3]  # defaults: ends with its grader
+config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR",
+                                            "keep_template_seconds": int(keep)},
+                 "SandboxedExecute": {"preload_modules": modules.split(",") if modules else []}})
 km = sandbox.SandboxedKernelManager(kernel_name="python3", config=config)
 run_sync(km.start_kernel)()
 client = BlockingKernelClient()
@@ -627,20 +630,40 @@ time.sleep(0.5)
 uid = str(km._uid)  # the kernel's own: the kernel and the sleep it started
 running = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/status")
            and open(f"/proc/{p}/status").read().split("Uid:")[1].split()[0] == uid]
-print(uid, len(running), km._template.process.pid, km._template.base, flush=True)
-os._exit(0)  # no clean-up at all: as a worker killed with SIGKILL
+print("grader:", type(km._template.process).__name__, uid, len(running), km._template.process.pid, km._template.base, flush=True)
+if end == "vanish":
+    os._exit(0)  # no clean-up at all: as a worker killed with SIGKILL
+run_sync(km.shutdown_kernel)()
 """
+
+
+def grader(*args):
+    """Run GRADER_THAT_VANISHES with `args`: (how it got its template, the kernel's uid, its processes
+    before the grader ended, the template's pid and folder)."""
+    env = dict(os.environ, MNIST_DIR=str(DATA_DIR), PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES, *args], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout.split("grader:")[-1].split()
+
+
+def processes_of_uid(uid):
+    return [p.parent.name for p in Path("/proc").glob("[0-9]*/status") if _uid_of(p) == uid and _alive(p)]
+
+
+def wait_until(condition, seconds):
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.1)
+    return condition()
 
 
 @pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
 def test_the_template_and_its_kernels_end_with_the_grader_process(kernel_start):
     """A grader process that ends without any clean-up leaves no template, no kernel and no
     process its kernel started behind; the next template removes the folder it left."""
-    env = dict(os.environ, MNIST_DIR=str(DATA_DIR), PYTHONPATH=str(REPO))
-    run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES], capture_output=True, text=True, timeout=180,
-                         env=env)
-    uid, running, template_pid, folder = run.stdout.split()[-4:]
-    assert int(running) == 2, run.stdout  # the kernel and the process it started, before the grader ended
+    _, uid, running, template_pid, folder = grader()
+    assert int(running) == 2  # the kernel and the process it started, before the grader ended
     deadline, left = time.time() + 10, ["?"]
     while left and time.time() < deadline:
         left = [p.parent.name for p in Path("/proc").glob("[0-9]*/status") if _uid_of(p) == uid and _alive(p)]
@@ -651,6 +674,35 @@ def test_the_template_and_its_kernels_end_with_the_grader_process(kernel_start):
     # a new template starts (its own preload list): it removes the folder
     assert text(run_cells("print(1)", SandboxedExecute={"preload_modules": ["json"]}).cells[0]) == "1\n"
     assert not Path(folder).exists()
+
+
+@pytest.mark.parametrize("kernel_start", ["forked from a template"], indirect=True)
+def test_a_kept_template_serves_the_next_grader_process_of_its_settings_then_ends_on_its_own(kernel_start):
+    """With keep_template_seconds, a grader process that vanishes leaves its template up, but not its
+    kernel (whose stand-in sees the grader gone). The next grader process of the same settings takes
+    the template over; one that finds it owned, or has other settings, starts its own, and the latter
+    stops the kept one. A template without an owner for keep_template_seconds ends, and the next
+    template removes its folder and memory group."""
+    keep = "15"
+    how, uid, running, first, folder = grader(keep, "wave", "vanish")
+    assert (how, running) == ("Popen", "2")  # started by this grader; the kernel and the process it started
+    assert wait_until(lambda: not processes_of_uid(uid), 5), processes_of_uid(uid)  # well before 15 s
+    assert _alive(Path(f"/proc/{first}/status"))  # ...while the template stays up
+    how, _, _, second, _ = grader(keep, "wave", "end")
+    assert (how, second) == ("NotAChild", first)  # taken over: the same template
+    held = template.owner_connection(Path(folder) / "control")  # this process owns it now
+    assert held is not None and template.owner_connection(Path(folder) / "control") is None  # one owner only
+    how, _, _, third, third_folder = grader(keep, "wave", "end")
+    assert how == "Popen" and third != first  # owned: a template of its own
+    held.close()
+    how, _, _, fourth, fourth_folder = grader(keep, "colorsys", "end")  # other settings: the kept ones stop
+    assert how == "Popen" and wait_until(lambda: not any(_alive(Path(f"/proc/{p}/status")) for p in (first, third)), 10)
+    assert not Path(folder).exists() and not Path(third_folder).exists()
+    assert wait_until(lambda: not _alive(Path(f"/proc/{fourth}/status")), 40)  # no owner for 15 s: it ends
+    groups = [g for g in memgroup._own_memory_folder()[0].glob(f"{memgroup.PREFIX}{fourth}-*")]
+    assert Path(fourth_folder).is_dir() and groups
+    assert run_cells("print(1)", SandboxedExecute={"preload_modules": ["json", "base64"]}).cells[0].outputs  # new
+    assert not Path(fourth_folder).exists() and not [g for g in groups if g.exists()]
 
 
 def _uid_of(status):
