@@ -7,7 +7,10 @@
 - one submission graded by `python -m nncourse grade` (autograde and report), run in turn with the
   floor script (--single-runs times each; overhead_vs_floor is the ratio of their medians), after
   one run of each that is printed but not counted (--warm-up): a course's first grading finds no
-  kernel template recipe to start early, a cost paid once per course;
+  kernel template recipe to start early, a cost paid once per course. Each later grading takes over
+  the kernel template that the one before left up (keep_template_seconds, the course's default);
+- the same with no template kept (keep_template_seconds = 0: as the first grading after the kept
+  template ended), --cold-runs times in turn with the floor script, printed beside it;
 - a batch of submissions graded by vanilla sequential `nbgrader autograde` (nbgrader's own steps
   and kernel manager, glibc malloc, default threads, the unchanged notebook), with the course's
   two verdict steps added so that its gradebook can be compared; and by our command, with the
@@ -105,6 +108,9 @@ def main():
     parser.add_argument("--single-runs", type=int, default=5,
                         help="runs of the floor script and of the one-submission grading, in turn; the ratio "
                              "of their medians counts (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=3,
+                        help="runs of the one-submission grading with no template kept, each after a floor "
+                             "run, after one that saves its template recipe (default 3; 0: none)")
     parser.add_argument("--warm-up", type=int, default=1,
                         help="runs of each before those, printed but not counted: the course's first grading "
                              "has no kernel template recipe to start early yet (default 1)")
@@ -138,8 +144,20 @@ def main():
         print(f"floor: reference solution as a plain script, {cores} threads, grader's allocator, median of "
               f"{len(floors)} runs ({', '.join(f'{s:.1f}' for s in floors)}): {floor:.1f} s", flush=True)
         print(f"one submission, `nncourse grade` (autograde + report), median of {len(singles)} runs, each after "
-              f"a floor run ({', '.join(f'{s:.1f}' for s in singles)}): {single:.1f} s = {single / floor:.2f} x floor",
-              flush=True)
+              f"a floor run, taking over the kernel template the run before kept "
+              f"({', '.join(f'{s:.1f}' for s in singles)}): {single:.1f} s = {single / floor:.2f} x floor", flush=True)
+        if args.cold_runs:
+            cold = make_course(tmp / "cold", students[:1])
+            with open(cold / "nbgrader_config.py", "a") as config:
+                config.write("\nc.SandboxedKernelManager.keep_template_seconds = 0\n")
+            command = [python, "-m", "nncourse", "--course", str(cold), "grade", "--force"]
+            timed(command, cold, default_env())  # saves the recipe of its template, for the next to start early
+            pairs = [(timed([python, script], tmp, env)[0], timed(command, cold, default_env())[0])
+                     for _ in range(args.cold_runs)]
+            cold_floor, cold_single = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+            print(f"one submission with no template kept (keep_template_seconds = 0), median of {len(pairs)} runs, "
+                  f"each after a floor run ({', '.join(f'{p[1]:.1f}' for p in pairs)}): {cold_single:.1f} s = "
+                  f"{cold_single / cold_floor:.2f} x those floor runs' median ({cold_floor:.1f} s)", flush=True)
         threads = max(1, cores // args.workers)  # what each of our kernels gets in the batch
         env_w = kernel_env.kernel_environment(default_env(), threads=threads)
         env_w["MPLBACKEND"] = "Agg"

@@ -76,18 +76,25 @@ def _openblas(path):
     return None
 
 
-def keep_torch_threads():
-    """Fix the calling thread's torch thread count, which it would otherwise take from the process
-    default at its first parallel operation: call before another thread runs become_idle. Returns it."""
+def torch_threads():
+    """The calling thread's torch thread count (importing torch): on a thread that has not run torch
+    yet, the process's default, until a thread runs become_idle (see set_torch_threads)."""
     import torch
     return torch.get_num_threads()
+
+
+def set_torch_threads(count):
+    """Set the calling thread's torch thread count (a thread that has not run torch yet would take
+    the last count any thread set: become_idle's 1)."""
+    import torch
+    torch.set_num_threads(count)
 
 
 def become_idle():
     """For a background thread that must not slow a kernel using every core: only spare CPU time
     (SCHED_IDLE: any other runnable thread preempts it), and its own torch work on itself alone
     (OpenMP's thread count is per calling thread; also the default of threads that have not run
-    torch yet, see keep_torch_threads). Returns False where SCHED_IDLE is missing."""
+    torch yet, see set_torch_threads). Returns False where SCHED_IDLE is missing."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only, on Linux
     except (AttributeError, OSError):
@@ -110,5 +117,4 @@ def become_normal(native_id, torch_threads=None):
     except (AttributeError, OSError):
         pass
     if torch_threads and native_id == 0:
-        import torch
-        torch.set_num_threads(torch_threads)
+        set_torch_threads(torch_threads)

@@ -31,6 +31,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import re
 import sys
 import threading
@@ -97,6 +98,21 @@ class Check:
 class Verdict:
     score: float  # fraction of the points, 0..1
     message: str = ""
+
+
+class LazyModule:
+    """Module `name`, imported at the first use of one of its attributes: a checks module can then
+    be imported (for its constants, its probes' source, its inputs) before a slow import it needs
+    only to decide verdicts, which a batch worker does while the kernel runs."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self):
+        return f"<module {self._name!r}, imported at its first use>"
 
 
 # checks module name -> (where its files are, their digest) when load_assignment imported it
@@ -254,15 +270,55 @@ def encode_arrays(arrays):
 
 
 KERNEL_CELLS = weakref.WeakKeyDictionary()  # checks module -> its set-up cell, gone with the module
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nncourse"
 
 
 def kernel_cell(assignment):
-    """Source of the hidden set-up cell: the probes, the inputs, and `_report`."""
+    """Source of the hidden set-up cell: the probes, the inputs, and `_report`. Computing the
+    inputs may need slow imports (torch): the source is kept on disk under a digest of what makes
+    it (kernel_cell_key), so that a grader can start the kernel before it imports them."""
     if assignment not in KERNEL_CELLS:
-        body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
-                                  inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
-        KERNEL_CELLS[assignment] = f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+        def compute():
+            body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
+                                      inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
+            return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+        KERNEL_CELLS[assignment] = disk_cached(f"set-up-cell-{assignment.__name__}", kernel_cell_key(assignment),
+                                               compute)
     return KERNEL_CELLS[assignment]
+
+
+def kernel_cell_key(assignment):
+    """Digest of the checks' files, this file, and the versions of the packages that draw the inputs."""
+    from importlib.metadata import PackageNotFoundError, version
+    packages = {}
+    for name in ("numpy", *getattr(assignment, "PACKAGES", ())):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = ""
+    parts = [checks_digest(assignment.__name__), Path(__file__).read_text(), packages]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def disk_cached(name, key, compute):
+    """compute(), a string, kept in CACHE as <name>-<key>; other keys of `name` are removed when a
+    new one is written. Without a writable cache folder, computed each time."""
+    path = CACHE / f"{name}-{key}"
+    try:
+        return path.read_text()
+    except OSError:
+        pass
+    value = compute()
+    try:
+        CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for old in CACHE.glob(f"{name}-*"):
+            old.unlink(missing_ok=True)
+        partial = CACHE / f".{name}-{key}.{os.getpid()}.{threading.get_ident()}"
+        partial.write_text(value)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return value
 
 
 def report_call(test):
@@ -454,18 +510,17 @@ class EarlyVerdicts:
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
         self.blas = contextlib.ExitStack()  # numpy's BLAS threads while idle; given back in decided()
-        self.torch_threads = None  # the grader's own, given back to the thread after the last cell
-        if idle:
-            from . import kernel_env
-            self.torch_threads = kernel_env.keep_torch_threads()  # the verdicts left for this thread run on every core
+        self.torch_threads = None  # the process's default, read before the thread becomes idle; given back
         self.idle = self.pool.submit(self.become_idle) if idle else None
         for step in self.steps:
             self.pool.submit(self.timed, step.warm_up, resources)
 
     def become_idle(self):
-        """This thread's native id once it is idle, else None (then every verdict waits for the kernel)."""
+        """This thread's native id once it is idle, else None (then every verdict waits for the kernel).
+        It first imports torch at normal priority, while the kernel starts (the checks import it lazily)."""
         from . import kernel_env
         try:
+            self.torch_threads = kernel_env.torch_threads()
             self.blas.enter_context(kernel_env.blas_threads(1))
             return threading.get_native_id() if kernel_env.become_idle() else None
         except Exception:
@@ -498,14 +553,17 @@ class EarlyVerdicts:
 
     def decided(self, step):
         """{cell index: Verdict} of `step` decided here; in idle mode, those not started are left."""
-        if self.idle is not None:
-            from . import kernel_env
+        from . import kernel_env
+        was_idle = self.idle is not None
+        if was_idle:
             for future in self.futures.values():
                 future.cancel()  # only those not started
             if self.idle.result() is not None:
                 kernel_env.become_normal(self.idle.result())
         self.pool.shutdown(wait=True)
         self.blas.close()
+        if was_idle and self.torch_threads:  # the verdicts left for this thread run on every core
+            kernel_env.set_torch_threads(self.torch_threads)
         self.idle = None
         return {index: future.result() for (owner, index), future in self.futures.items()
                 if owner == id(step) and not future.cancelled() and future.exception() is None}

@@ -140,6 +140,7 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
     (SCHED_IDLE), here while it sleeps, and a check that would start another kernel waits for it to end.
     After the notebook's last cell, the check runs beside the stopping kernel with the grader's own
     priority and torch threads."""
+    import torch  # noqa: F401  (imported here: the judge's own first import of it is not what this test times)
     cores = len(os.sched_getaffinity(0))
     if kernel == "leaves a core free":
         if cores < 2:
@@ -169,8 +170,8 @@ def test_batch_workers_decide_a_verdict_while_the_kernel_runs_the_rest_of_the_no
                          for k in ("iopub.status.busy", "iopub.status.idle"))
     assert len(decided) == 1, decided
     when, policy, threads, thread = float(decided[0][0]), int(decided[0][1]), int(decided[0][2]), decided[0][3]
-    if kernel.endswith("kernel"):
-        assert when > finished and policy == os.SCHED_OTHER, (decided, started, finished)
+    if kernel.endswith("kernel"):  # after the kernel, in the grader's thread, with its torch threads
+        assert when > finished and (policy, threads) == (os.SCHED_OTHER, cores), (decided, started, finished)
     elif kernel.endswith("notebook"):  # in the verdicts' thread, no longer idle
         assert (policy, threads, thread.startswith("verdicts")) == (os.SCHED_OTHER, cores, True), decided
     else:

@@ -4,7 +4,10 @@ schema as in grading."""
 import base64
 import copy
 import io
+import os
+import subprocess
 import sys
+import weakref
 
 import nbformat
 import numpy as np
@@ -16,7 +19,7 @@ from nncourse import verdicts
 from nncourse.assignments.tutorial3 import checks, probes
 from nncourse.assignments.tutorial3 import reference as ref
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, RELEASE, REPO
 
 CHECKS = "nncourse.assignments.tutorial3.checks"
 CORRECT = {"get_random_batch": ref.random_batch, "MLP_Numpy": ref.MLP_Numpy, "MLP_Torch": ref.MLP_Torch,
@@ -446,3 +449,56 @@ def test_one_notebook_keeps_the_checks_it_started_with(tmp_path, fresh_imports):
     copied = copy.deepcopy(resources)  # as nbconvert does
     assert step.assignment(resources)[0].VALUE == step.assignment(copied)[0].VALUE == 1
     assert step.assignment({"nbgrader": {"assignment": "a"}})[0].VALUE == 2  # the next notebook
+
+
+def write_inputs_package(folder, value):
+    package = folder / "cached_pkg"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "probes.py").write_text("# the probes\n")
+    (package / "checks.py").write_text(
+        "from pathlib import Path\nimport numpy as np\nPROBES_FILE = Path(__file__).with_name('probes.py')\n"
+        f"COMPUTED = []\ndef inputs():\n    COMPUTED.append(1)\n    return {{'value': np.array({value})}}\n")
+
+
+def test_the_set_up_cell_is_kept_on_disk_until_what_makes_it_changes(tmp_path, fresh_imports):
+    """Computing the set-up cell's inputs may need slow imports: a grader process that finds the cell
+    on disk does not compute them. An edited checks file makes a new cell, which replaces the old one."""
+    fresh_imports.syspath_prepend(str(tmp_path))
+    fresh_imports.setattr(verdicts, "CACHE", tmp_path / "cache")
+    write_inputs_package(tmp_path, 1)
+    first_checks = verdicts.load_assignment("cached_pkg.checks")
+    first = verdicts.kernel_cell(first_checks)
+    assert first_checks.COMPUTED == [1] and len(list((tmp_path / "cache").iterdir())) == 1
+    fresh_imports.setattr(verdicts, "KERNEL_CELLS", weakref.WeakKeyDictionary())  # as in a new process
+    assert verdicts.kernel_cell(first_checks) == first and first_checks.COMPUTED == [1]  # read, not computed
+    write_inputs_package(tmp_path, 2)
+    checks = verdicts.load_assignment("cached_pkg.checks")
+    assert checks is not first_checks and verdicts.kernel_cell(checks) != first and checks.COMPUTED == [1]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == \
+        [f"set-up-cell-cached_pkg.checks-{verdicts.kernel_cell_key(checks)}"]
+
+
+DRIVER_PREPARES = """
+import hashlib, sys
+from traitlets.config import Config
+from nncourse import batch, notebook
+from nncourse.verdicts import InsertProbes
+config = Config({"AssignmentStep": {"assignments": {"tutorial3": "nncourse.assignments.tutorial3.checks"}}})
+nb, _ = InsertProbes(config=config).preprocess(notebook.read(sys.argv[1]), {"nbgrader": {"assignment": "tutorial3"}})
+batch.grading_environment("tutorial3", config)
+setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "grader_setup"]
+print("torch" in sys.modules, len(setup), hashlib.sha256(setup[0].encode()).hexdigest())
+"""
+
+
+def test_a_grader_with_the_set_up_cell_on_disk_prepares_a_notebook_without_importing_torch(tmp_path):
+    """What the driver does before the kernel's first cell (the set-up cell, the environment it checks
+    workers against) imports no torch once the set-up cell is on disk: the checks import it lazily,
+    at their first use, while the kernel runs. Without the cell on disk, computing it imports torch."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    runs = [subprocess.run([sys.executable, "-c", DRIVER_PREPARES, str(RELEASE)], capture_output=True, text=True,
+                           env=env, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    (computed, one, cell), (read, _, cached) = (r.stdout.split() for r in runs)
+    assert (computed, read, one) == ("True", "False", "1") and cell == cached

@@ -14,12 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import data
 from nncourse.sandbox import configured_data_dir
-from nncourse.verdicts import Check, Failed, Memo, not_beside_the_kernel
+from nncourse.verdicts import Check, Failed, LazyModule, Memo, not_beside_the_kernel
 from . import reference as ref
+
+torch = LazyModule("torch")  # imported at its first use: the driver starts the kernel sooner
 
 PROBES_FILE = Path(__file__).with_name("probes.py")
 SETUP_CELL = "grader_setup"
