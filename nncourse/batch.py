@@ -143,7 +143,7 @@ def run_and_decide(nb, config, timeout, assignment, notebook_name, student, verd
         early = EarlyVerdicts(steps, resources, idle=idle)
         executing = time.time()
         execute = SandboxedExecute(config=config, timeout=timeout)
-        execute.after_cell = early.cell_done
+        execute.before_cell, execute.after_cell = early.cell_starts, early.cell_done
         nb, resources = execute.preprocess(nb, resources, km=advance.km if advance else None)
         phases = execution_phases(nb, executing, time.time())
         deciding = time.time()

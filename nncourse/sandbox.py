@@ -318,6 +318,7 @@ class SandboxedExecute(Execute):
             self.log.warning("could not stop the kernel: %s: %s", type(err).__name__, err)
 
     after_cell = None  # called as after_cell(nb, index) once a cell has run (batch workers: EarlyVerdicts)
+    before_cell = None  # called as before_cell(index) before a cell is sent to the kernel
 
     def create_kernel_manager(self):
         self._created_km = super().create_kernel_manager()
@@ -325,6 +326,8 @@ class SandboxedExecute(Execute):
 
     def preprocess_cell(self, cell, resources, index):
         self._cells_started += 1
+        if self.before_cell:
+            self.before_cell(index)
         cell, resources = super().preprocess_cell(cell, resources, index)
         if self.after_cell:
             self.after_cell(self.nb, index)

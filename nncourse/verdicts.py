@@ -490,6 +490,10 @@ class DecideVerdicts(AssignmentStep):
         return nb, resources
 
 
+class NotIdle(Exception):
+    """A verdict left for after the kernel: this machine cannot run the verdicts' thread idle."""
+
+
 class EarlyVerdicts:
     """The verdict steps' work done while the kernel runs, in one background thread: first their
     warm-up, then each test's verdict as soon as its cell has run (DecideVerdicts.verdict), so that
@@ -511,20 +515,34 @@ class EarlyVerdicts:
         self.seconds = 0.0  # the background thread's working time
         self.blas = contextlib.ExitStack()  # numpy's BLAS threads while idle; given back in decided()
         self.torch_threads = None  # the process's default, read before the thread becomes idle; given back
+        self.cell_sent = None  # when the cell the kernel runs now was sent to it (cell_starts)
+        self.no_more_cells = threading.Event()
         self.idle = self.pool.submit(self.become_idle) if idle else None
         for step in self.steps:
             self.pool.submit(self.timed, step.warm_up, resources)
 
     def become_idle(self):
         """This thread's native id once it is idle, else None (then every verdict waits for the kernel).
-        It first imports torch at normal priority, while the kernel starts (the checks import it lazily)."""
+        It first imports torch (the checks import it lazily) at normal priority, once the kernel is
+        busy with a long cell: the import holds the interpreter's lock for up to 0.3 s at a time,
+        which would hold up the grader sending short cells."""
         from . import kernel_env
         try:
+            while not self.no_more_cells.is_set() and not self.in_long_cell():
+                self.no_more_cells.wait(0.05)
             self.torch_threads = kernel_env.torch_threads()
             self.blas.enter_context(kernel_env.blas_threads(1))
             return threading.get_native_id() if kernel_env.become_idle() else None
         except Exception:
             return None
+
+    def in_long_cell(self, seconds=0.25):
+        sent = self.cell_sent
+        return sent is not None and time.monotonic() - sent >= seconds
+
+    def cell_starts(self, index):
+        """Called by the executing step just before it sends cell `index` to the kernel."""
+        self.cell_sent = time.monotonic()
 
     def become_normal(self):
         """After the last cell: this thread's priority, torch and BLAS threads as the grader's own."""
@@ -541,20 +559,25 @@ class EarlyVerdicts:
 
     def cell_done(self, nb, index):
         """Called by the executing step after cell `index` has run, with all its outputs."""
-        if self.idle is not None and self.idle.result() is None:  # no idle scheduling here: decide afterwards
-            return
+        self.cell_sent = None
         if self.idle is not None and not any(c.cell_type == "code" and c.source.strip() for c in nb.cells[index + 1:]):
+            self.no_more_cells.set()
             self.pool.submit(self.become_normal)  # the last cell: the kernel only stops now
         for step in self.steps:
             assignment, _ = step.assignment(self.resources)
             if assignment is not None and step.test_of(nb.cells[index], assignment):
-                self.futures[id(step), index] = self.pool.submit(self.timed, step.verdict, nb, index,
-                                                                 self.resources, self.reports[id(step)])
+                self.futures[id(step), index] = self.pool.submit(self.timed, self.verdict, step, nb, index)
+
+    def verdict(self, step, nb, index):
+        if self.idle is not None and self.idle.result() is None:  # no idle scheduling here: decided afterwards
+            raise NotIdle()
+        return step.verdict(nb, index, self.resources, self.reports[id(step)])
 
     def decided(self, step):
         """{cell index: Verdict} of `step` decided here; in idle mode, those not started are left."""
         from . import kernel_env
         was_idle = self.idle is not None
+        self.no_more_cells.set()
         if was_idle:
             for future in self.futures.values():
                 future.cancel()  # only those not started

@@ -502,3 +502,34 @@ def test_a_grader_with_the_set_up_cell_on_disk_prepares_a_notebook_without_impor
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
     (computed, one, cell), (read, _, cached) = (r.stdout.split() for r in runs)
     assert (computed, read, one) == ("True", "False", "1") and cell == cached
+
+
+IDLE_VERDICTS_THREAD = """
+import os, sys, time
+import nbformat
+from nncourse.verdicts import EarlyVerdicts
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1") for _ in range(3)])
+early = EarlyVerdicts([], {}, idle=True)  # as for a kernel with every core
+early.cell_starts(0)
+time.sleep(0.2)  # a short cell
+early.cell_done(nb, 0)
+time.sleep(0.5)  # between cells
+print("torch" in sys.modules, early.idle.done())
+early.cell_starts(1)  # a long cell
+early.idle.result(timeout=120)
+print("torch" in sys.modules, early.torch_threads)
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_an_idle_verdicts_thread_imports_torch_while_the_kernel_runs_a_long_cell():
+    """When the kernel has every core, the verdicts' thread imports torch (which holds the interpreter's
+    lock for up to 0.3 s at a time) only once a cell has run 0.25 s, not while the grader is sending
+    short cells; then it becomes idle."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-c", IDLE_VERDICTS_THREAD], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    short, long = (line.split() for line in run.stdout.splitlines())
+    assert short == ["False", "False"] and long[0] == "True" and int(long[1]) >= 1, run.stdout
