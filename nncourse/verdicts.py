@@ -481,10 +481,10 @@ class DecideVerdicts(AssignmentStep):
         if assignment is None:
             return nb, resources
         decided, reports = dict(decided or {}), {}
-        for index, cell in enumerate(nb.cells):
-            if self.test_of(cell, assignment):
-                verdict = decided.get(index) or self.verdict(nb, index, resources, reports)
-                cell.outputs = verdict_outputs(verdict, float(cell.metadata.nbgrader["points"]))
+        verdicts = {index: decided.get(index) or self.verdict(nb, index, resources, reports)
+                    for index, cell in enumerate(nb.cells) if self.test_of(cell, assignment)}
+        for index, verdict in verdicts.items():  # only now: a verdict reads the reports of the tests before it
+            nb.cells[index].outputs = verdict_outputs(verdict, float(nb.cells[index].metadata.nbgrader["points"]))
         for cell in nb.cells:
             cell.metadata.get("nncourse", {}).pop("stand_ins", None)
         return nb, resources

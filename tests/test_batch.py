@@ -89,6 +89,21 @@ def test_sample_student_graded_only_in_the_batch_gets_the_designed_grade(batch_l
     assert got == {g: (0.0 if g in student.fails else points) for g, points in tests.items()}, student.name
 
 
+def test_one_submission_whose_verdicts_wait_for_the_kernel_gets_the_designed_grade(tmp_path_factory, source_nb):
+    """Graded alone (its kernel has every core), a check that retrains in a second kernel is decided
+    after the kernel, from the reports of the tests before it, though those were decided (and their
+    outputs became verdicts) while the kernel ran. Here Task 3's accuracy: its loss is missing, so
+    the model is retrained with correct helpers and keeps its points."""
+    course = make_course(tmp_path_factory, "one_waits")
+    student = BY_NAME["torch_ce_missing"]
+    grading.write_samples(course, [student])
+    assert batch.grade(course, students=[student.name], workers=1)[student.name].graded
+    tests = notebook.autograded_ids(source_nb)
+    got = {g: s for g, (s, m, _) in grading.cell_scores(course)[student.name].items() if g in tests}
+    assert got == {g: (0.0 if g in student.fails else points) for g, points in tests.items()}
+    assert got["task3_mlp_torch_accuracy"] == 2.0 and "task3_cross_entropy_torch_correct" in student.fails
+
+
 @pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)
 def test_correct_code_in_any_style_earns_every_point_in_the_batch(batch_local, source_nb, style):
     tests = notebook.autograded_ids(source_nb)

@@ -8,9 +8,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from nncourse.verdicts import LazyModule
-
-torch, F = LazyModule("torch"), LazyModule("torch.nn.functional")  # imported at their first use
+try:
+    from nncourse.verdicts import LazyModule
+except ImportError:  # this file run by its source in a retraining kernel (retrain.py), which has no nncourse
+    import torch
+    from torch.nn import functional as F
+else:  # in the grader: imported at their first use, so that the kernel starts sooner (docs/grading.md)
+    torch, F = LazyModule("torch"), LazyModule("torch.nn.functional")
 
 SEED, ITERS, BATCH, LR = 42, 400, 40, 1e-2
 # Final test accuracy must be within this many percentage points of the expected figure.
