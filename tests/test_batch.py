@@ -253,7 +253,8 @@ IDLE_VERDICTS = """
 import os, sys, torch
 from nncourse import kernel_env, verdicts
 early = verdicts.EarlyVerdicts([], {}, idle=True)
-thread = early.idle.result()
+early.cell_starts(0)  # the kernel runs a long cell: the thread imports torch, then becomes idle
+thread = early.idle.result(timeout=120)
 blas = next(filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas"))))[0]
 during = (os.sched_getscheduler(thread) == os.SCHED_IDLE, blas())
 early.decided(None)
@@ -268,19 +269,44 @@ def test_idle_verdicts_take_idle_cpu_time_and_leave_the_graders_threads_as_they_
     if cores < 2:
         pytest.skip("one core: there is nothing to give back")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    result = subprocess.run([sys.executable, "-c", IDLE_VERDICTS], capture_output=True, text=True, env=env, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", IDLE_VERDICTS], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[0] == f"(True, 1) ({cores}, {cores})"
 
 
 def test_idle_verdicts_that_cannot_be_set_up_wait_for_the_kernel(monkeypatch):
-    """Where the idle scheduling fails, no verdict runs beside the kernel, and grading goes on."""
+    """Where the idle scheduling fails, no verdict runs beside the kernel (each is left for after it),
+    the grader never waits for the verdicts' thread between cells, and grading goes on."""
+    import nbformat
     from nncourse import kernel_env, verdicts
     monkeypatch.setattr(kernel_env, "become_idle", lambda: 1 / 0)
-    early = verdicts.EarlyVerdicts([], {}, idle=True)
-    assert early.idle.result() is None
-    early.cell_done(None, 0)  # returns before it looks at the notebook
-    assert early.decided(None) == {}
+    decided_beside = []
+
+    class EveryCellATest(verdicts.DecideVerdicts):
+        def assignment(self, resources):
+            return verdicts, "any"
+
+        def warm_up(self, resources):
+            pass
+
+        def test_of(self, cell, assignment):
+            return cell.cell_type == "code"
+
+        def verdict(self, nb, index, resources, reports):
+            decided_beside.append(index)
+            return verdicts.Verdict(1.0)
+
+    step = EveryCellATest()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {i}") for i in range(2)])
+    early = verdicts.EarlyVerdicts([step], {}, idle=True)
+    early.cell_starts(0)
+    early.cell_done(nb, 0)  # before the thread has tried to become idle
+    assert not early.idle.done()
+    early.cell_starts(1)  # a long cell
+    assert early.idle.result(timeout=120) is None
+    early.cell_done(nb, 1)
+    assert early.decided(step) == {} and decided_beside == []
 
 
 def test_local_worker_processes_start_at_once_and_import_what_grading_needs():
