@@ -14,6 +14,7 @@ modules imported already. One process owns a template at a time; its kernels' st
 """
 import atexit
 import hashlib
+import importlib.util
 import json
 import os
 import select
@@ -57,10 +58,22 @@ def remove_abandoned(mine):
 
 
 def recipe_key(recipe):
-    """What a template must match to serve a run: its recipe and the zygote's own code."""
+    """What a template must match to serve a run: its recipe, the zygote's own code, and the files of the
+    modules it preloads as they are now (an upgraded package gets a new template)."""
     from . import zygote
     code = hashlib.sha256(Path(zygote.__file__).read_bytes()).hexdigest()
-    return json.dumps(dict(recipe, zygote=code), sort_keys=True)
+    return json.dumps(dict(recipe, zygote=code, installed=[module_file(name) for name in recipe.get("modules", ())]),
+                      sort_keys=True)
+
+
+def module_file(name):
+    """Where the package of module `name` would be imported from, and that file's modification time,
+    without importing anything."""
+    try:
+        origin = importlib.util.find_spec(name.split(".")[0]).origin
+        return [origin, os.stat(origin).st_mtime_ns]
+    except (ImportError, AttributeError, TypeError, ValueError, OSError):
+        return [name, None]
 
 
 class NotAChild:

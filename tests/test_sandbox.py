@@ -614,7 +614,7 @@ from jupyter_client.blocking import BlockingKernelClient
 from nbclient.util import run_sync
 from traitlets.config import Config
 from nncourse import memgroup, sandbox, template
-keep, modules, end = (sys.argv[1:] + ["0", "", "vanish"][len(sys.argv) - 1:])[:3]  # defaults: ends with its grader
+keep, modules, end = sys.argv[1:]
 config = Config({"SandboxedKernelManager": {"fork_server": True, "data_variable": "MNIST_DIR",
                                             "keep_template_seconds": int(keep)},
                  "SandboxedExecute": {"preload_modules": modules.split(",") if modules else []}})
@@ -637,11 +637,11 @@ run_sync(km.shutdown_kernel)()
 """
 
 
-def grader(*args):
-    """Run GRADER_THAT_VANISHES with `args`: (how it got its template, the kernel's uid, its processes
-    before the grader ended, the template's pid and folder)."""
+def grader(keep="0", modules="", end="vanish"):
+    """Run GRADER_THAT_VANISHES (keep_template_seconds, preloaded modules, "vanish" or "end"): how it
+    got its template, the kernel's uid, its processes before the grader ended, the template's pid and folder."""
     env = dict(os.environ, MNIST_DIR=str(DATA_DIR), PYTHONPATH=str(REPO))
-    run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES, *args], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", GRADER_THAT_VANISHES, keep, modules, end], capture_output=True, text=True,
                          timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout.split("grader:")[-1].split()
@@ -703,6 +703,21 @@ def test_a_kept_template_serves_the_next_grader_process_of_its_settings_then_end
     assert Path(fourth_folder).is_dir() and groups
     assert run_cells("print(1)", SandboxedExecute={"preload_modules": ["json", "base64"]}).cells[0].outputs  # new
     assert not Path(fourth_folder).exists() and not [g for g in groups if g.exists()]
+
+
+def test_a_template_recipe_changes_with_the_files_of_its_preloaded_packages(tmp_path, monkeypatch):
+    """An upgraded package (a new file or modification time where its package is imported from) gives
+    its recipe another key, so a template kept from before the upgrade serves no grader; the key is
+    computed without importing the package."""
+    package = tmp_path / "upgraded_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = {"modules": ["upgraded_pkg.sub", "json"]}
+    before = template.recipe_key(recipe)
+    assert template.recipe_key(recipe) == before
+    os.utime(package / "__init__.py", ns=(1, 1))
+    assert template.recipe_key(recipe) != before and "upgraded_pkg" not in sys.modules
 
 
 def _uid_of(status):
