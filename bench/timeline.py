@@ -5,8 +5,8 @@ cell, and the last cell ends. For the side-by-side figures in docs/benchmark.md.
     .venv/bin/python bench/timeline.py --course DIR grade STUDENT --force
 
 takes the same arguments as `python -m nncourse` and prints the timeline to stderr at the end
-(whether torch was imported when the notebook started, too). It wraps functions only; the grading
-itself is unchanged.
+(with whether the grader had imported torch when the notebook started and when its verdicts were
+done). It wraps functions only, and ends as `python -m nncourse` does: the grading is unchanged.
 """
 import sys
 import time
@@ -63,7 +63,7 @@ def main():
                 if "train" in grade_id:
                     mark(f"{grade_id} begins", stamp(cell, "iopub.status.busy"))
             mark("last cell ends", stamp(ran[-1], "iopub.status.idle"))
-        mark("verdicts done")
+        mark(f"verdicts done (torch imported by the grader: {'torch' in sys.modules})")
         return out
     batch.run_and_decide = traced
     for name in ("start_kernel_in_advance", "grading_environment"):
@@ -79,4 +79,5 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nncourse.__main__ import exit_without_teardown
+    exit_without_teardown(main())  # as python -m nncourse ends

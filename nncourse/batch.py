@@ -39,7 +39,7 @@ from .grading import autograde_student
 from .sandbox import (KernelInAdvance, SandboxedExecute, SandboxedKernelManager, SandboxError, check_sandbox,
                       mark_unrun_cells, sandbox_disabled)
 from .template import KernelTemplate
-from .verdicts import DecideVerdicts, EarlyVerdicts, checks_digest
+from .verdicts import DecideVerdicts, EarlyVerdicts, checks_digest, package_versions
 
 PACKAGE_COURSE = Path(__file__).resolve().parent.parent
 
@@ -250,17 +250,6 @@ def worker_data_dir(config):
 
 # What runs and grades any notebook; an assignment's checks module adds its own (PACKAGES).
 GRADING_PACKAGES = ("nbgrader", "nbclient", "jupyter_client", "ipykernel")
-
-
-def package_versions(names):
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-    return {name: installed(name) for name in names}
 
 
 def grading_environment(assignment, config):

@@ -76,31 +76,14 @@ def _openblas(path):
     return None
 
 
-def torch_threads():
-    """The calling thread's torch thread count (importing torch): on a thread that has not run torch
-    yet, the process's default, until a thread runs become_idle (see set_torch_threads)."""
-    import torch
-    return torch.get_num_threads()
-
-
-def set_torch_threads(count):
-    """Set the calling thread's torch thread count (a thread that has not run torch yet would take
-    the last count any thread set: become_idle's 1)."""
-    import torch
-    torch.set_num_threads(count)
-
-
 def become_idle():
     """For a background thread that must not slow a kernel using every core: only spare CPU time
-    (SCHED_IDLE: any other runnable thread preempts it), and its own torch work on itself alone
-    (OpenMP's thread count is per calling thread; also the default of threads that have not run
-    torch yet, see set_torch_threads). Returns False where SCHED_IDLE is missing."""
+    (SCHED_IDLE: any other runnable thread preempts it). Threads it starts later (torch's OpenMP
+    pool) inherit that. Returns False where SCHED_IDLE is missing."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only, on Linux
     except (AttributeError, OSError):
         return False
-    import torch
-    torch.set_num_threads(1)
     return True
 
 
@@ -109,12 +92,24 @@ def is_idle():
     return getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE
 
 
-def become_normal(native_id, torch_threads=None):
-    """Undo become_idle's scheduling for the thread `native_id` (0: the calling thread). Its torch
-    threads stay at 1, unless the calling thread is that one and `torch_threads` says how many."""
+def become_normal(native_id=0):
+    """Undo become_idle's scheduling for the thread `native_id` (0: the calling thread)."""
     try:
         os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):
         pass
-    if torch_threads and native_id == 0:
-        set_torch_threads(torch_threads)
+
+
+@contextlib.contextmanager
+def at_normal_priority():
+    """The calling thread at normal priority inside the block, if it is idle: for work that holds the
+    interpreter's lock a long time (a slow import), which an idle thread, descheduled while a kernel
+    uses every core, would hold for as long, stalling the grader's other threads."""
+    idle = is_idle()
+    if idle:
+        become_normal()
+    try:
+        yield
+    finally:
+        if idle:
+            become_idle()

@@ -45,6 +45,8 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Dict, Integer
 
+from . import kernel_env
+
 REPORT_MIME = "application/vnd.nncourse.report+json"
 MIB = 1024 ** 2
 
@@ -60,7 +62,6 @@ class AfterTheKernel(Exception):
 def not_beside_the_kernel(what):
     """For a check about to start `what` (another kernel, say) that would take cores from a kernel that
     has every core: in EarlyVerdicts' idle thread it stops here, and the verdict waits for the kernel."""
-    from . import kernel_env
     if kernel_env.is_idle():
         raise AfterTheKernel(what)
 
@@ -109,7 +110,10 @@ class LazyModule:
         self._name = name
 
     def __getattr__(self, attribute):
-        return getattr(importlib.import_module(self._name), attribute)
+        if self._name not in sys.modules:
+            with kernel_env.at_normal_priority():
+                importlib.import_module(self._name)
+        return getattr(sys.modules[self._name], attribute)
 
     def __repr__(self):
         return f"<module {self._name!r}, imported at its first use>"
@@ -276,28 +280,42 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnco
 def kernel_cell(assignment):
     """Source of the hidden set-up cell: the probes, the inputs, and `_report`. Computing the
     inputs may need slow imports (torch): the source is kept on disk under a digest of what makes
-    it (kernel_cell_key), so that a grader can start the kernel before it imports them."""
+    it (fixed_inputs_key), so that a grader can start the kernel before it imports them."""
     if assignment not in KERNEL_CELLS:
         def compute():
             body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
                                       inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
             return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
-        KERNEL_CELLS[assignment] = disk_cached(f"set-up-cell-{assignment.__name__}", kernel_cell_key(assignment),
+        KERNEL_CELLS[assignment] = disk_cached(f"set-up-cell-{assignment.__name__}", fixed_inputs_key(assignment),
                                                compute)
     return KERNEL_CELLS[assignment]
 
 
-def kernel_cell_key(assignment):
-    """Digest of the checks' files, this file, and the versions of the packages that draw the inputs."""
+def package_versions(names):
+    """{name: installed version, or "not installed"}."""
     from importlib.metadata import PackageNotFoundError, version
-    packages = {}
-    for name in ("numpy", *getattr(assignment, "PACKAGES", ())):
+
+    def installed(name):
         try:
-            packages[name] = version(name)
+            return version(name)
         except PackageNotFoundError:
-            packages[name] = ""
+            return "not installed"
+    return {name: installed(name) for name in names}
+
+
+def fixed_inputs_key(assignment):
+    """Digest of the checks' files, this file, and the versions of the packages that draw the inputs:
+    the key of what is computed from the checks' fixed inputs alone (the set-up cell, cached_arrays)."""
+    packages = package_versions(("numpy", *getattr(assignment, "PACKAGES", ())))
     parts = [checks_digest(assignment.__name__), Path(__file__).read_text(), packages]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_arrays(assignment, name, compute):
+    """compute(), a dict of arrays made from the assignment's fixed inputs alone, kept on disk as its
+    set-up cell is: a grader reads them instead of importing what computes them."""
+    text = disk_cached(f"{name}-{assignment.__name__}", fixed_inputs_key(assignment), lambda: encode_arrays(compute()))
+    return dict(np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False))
 
 
 def disk_cached(name, key, compute):
@@ -514,7 +532,6 @@ class EarlyVerdicts:
         self.futures, self.reports = {}, {id(s): {} for s in self.steps}
         self.seconds = 0.0  # the background thread's working time
         self.blas = contextlib.ExitStack()  # numpy's BLAS threads while idle; given back in decided()
-        self.torch_threads = None  # the process's default, read before the thread becomes idle; given back
         self.cell_sent = None  # when the cell the kernel runs now was sent to it (cell_starts)
         self.no_more_cells = threading.Event()
         self.idle = self.pool.submit(self.become_idle) if idle else None
@@ -523,14 +540,11 @@ class EarlyVerdicts:
 
     def become_idle(self):
         """This thread's native id once it is idle, else None (then every verdict waits for the kernel).
-        It first imports torch (the checks import it lazily) at normal priority, once the kernel is
-        busy with a long cell: the import holds the interpreter's lock for up to 0.3 s at a time,
-        which would hold up the grader sending short cells."""
-        from . import kernel_env
+        It waits until the kernel is busy with a long cell: an idle thread that holds the interpreter's
+        lock while descheduled would hold up the grader sending short cells."""
         try:
             while not self.no_more_cells.is_set() and not self.in_long_cell():
                 self.no_more_cells.wait(0.05)
-            self.torch_threads = kernel_env.torch_threads()
             self.blas.enter_context(kernel_env.blas_threads(1))
             return threading.get_native_id() if kernel_env.become_idle() else None
         except Exception:
@@ -545,9 +559,8 @@ class EarlyVerdicts:
         self.cell_sent = time.monotonic()
 
     def become_normal(self):
-        """After the last cell: this thread's priority, torch and BLAS threads as the grader's own."""
-        from . import kernel_env
-        kernel_env.become_normal(0, self.torch_threads)
+        """After the last cell: this thread's priority and BLAS threads as the grader's own."""
+        kernel_env.become_normal()
         self.blas.close()
 
     def timed(self, fn, *args):
@@ -575,7 +588,6 @@ class EarlyVerdicts:
 
     def decided(self, step):
         """{cell index: Verdict} of `step` decided here; in idle mode, those not started are left."""
-        from . import kernel_env
         was_idle = self.idle is not None
         self.no_more_cells.set()
         if was_idle:
@@ -585,8 +597,6 @@ class EarlyVerdicts:
                 kernel_env.become_normal(self.idle.result())
         self.pool.shutdown(wait=True)
         self.blas.close()
-        if was_idle and self.torch_threads:  # the verdicts left for this thread run on every core
-            kernel_env.set_torch_threads(self.torch_threads)
         self.idle = None
         return {index: future.result() for (owner, index), future in self.futures.items()
                 if owner == id(step) and not future.cancelled() and future.exception() is None}

@@ -253,7 +253,7 @@ IDLE_VERDICTS = """
 import os, sys, torch
 from nncourse import kernel_env, verdicts
 early = verdicts.EarlyVerdicts([], {}, idle=True)
-early.cell_starts(0)  # the kernel runs a long cell: the thread imports torch, then becomes idle
+early.cell_starts(0)  # the kernel runs a long cell: the thread becomes idle
 thread = early.idle.result(timeout=120)
 blas = next(filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas"))))[0]
 during = (os.sched_getscheduler(thread) == os.SCHED_IDLE, blas())

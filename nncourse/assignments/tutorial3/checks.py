@@ -10,6 +10,7 @@ Messages say what is wrong, never the answer. Expected figures for the final acc
 - if a helper crashes, the student's model trained with correct helpers (also sandboxed).
 """
 import inspect
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import data
 from nncourse.sandbox import configured_data_dir
-from nncourse.verdicts import Check, Failed, LazyModule, Memo, not_beside_the_kernel
+from nncourse.verdicts import Check, Failed, LazyModule, Memo, cached_arrays, not_beside_the_kernel
 from . import reference as ref
 
 torch = LazyModule("torch")  # imported at its first use: the driver starts the kernel sooner
@@ -96,6 +97,41 @@ def inputs():
     out.update(update_p0=rng.normal(size=(4, 3)), update_p1=rng.normal(size=(3,)),
                update_g0=rng.normal(size=(4, 3)), update_g1=rng.normal(size=(3,)), update_lr=np.array(0.1))
     return out
+
+
+def torch_answers():
+    """The reference's answers, by torch, on the fixed inputs of the checks about torch code."""
+    x = inputs()
+    out = {}
+    for kind, model in (("torch", ref.MLP_Torch), ("cnn", ref.CNN_Torch_Autograd)):
+        net = model.__new__(model)
+        net.params = [torch.tensor(x[f"forward_{kind}_w{i}"], dtype=torch.float)
+                      for i in range(int(x[f"forward_{kind}_count"]))]
+        with torch.no_grad():
+            out[f"forward_{kind}"] = net.forward_pass(x[f"forward_{kind}_images"]).numpy()
+    w = [torch.tensor(x[f"backward_{n}"], requires_grad=True) for n in ("w1", "w2")]  # autograd in float64
+    ones = torch.ones((6, 1), dtype=torch.float64)
+    h1 = torch.tensor(x["backward_act0"]).mm(w[0])
+    y_pred = torch.softmax(torch.cat((h1.clamp(min=0), ones), dim=1).mm(w[1]), dim=1)
+    (-(torch.tensor(x["backward_y_real"]) * torch.log(y_pred)).sum(dim=1).mean()).backward()
+    out["backward_w1"], out["backward_w2"] = (g.grad.numpy() for g in w)
+    for case in range(int(x["loss_cases"])):
+        y_pred = torch.tensor(x[f"loss_pred{case}"], dtype=torch.float, requires_grad=True)
+        loss = ref.cross_entropy_torch(y_pred, x[f"loss_real{case}"])
+        loss.backward()
+        out[f"loss{case}"], out[f"loss_grad{case}"] = loss.detach().numpy(), y_pred.grad.numpy()
+    params = [torch.tensor(x[f"update_p{i}"], dtype=torch.float) for i in range(2)]
+    ref.update_torch(params, [torch.tensor(x[f"update_g{i}"], dtype=torch.float) for i in range(2)],
+                     float(x["update_lr"]))
+    out.update({f"update_torch_p{i}": p.numpy() for i, p in enumerate(params)})
+    return out
+
+
+@lru_cache(maxsize=1)
+def answers():
+    """torch_answers(), kept on disk with the set-up cell: the grader decides the verdicts of correct
+    torch code without importing torch (docs/grading.md)."""
+    return cached_arrays(sys.modules[__name__], "torch-answers", torch_answers)
 
 
 # ------------------------------------------------------------------------------ comparing
@@ -208,16 +244,12 @@ def init(model_name, torch_params, requires_grad):
 
 
 def reference_forward(kind):
+    if kind != "numpy":
+        return answers()[f"forward_{kind}"]
     x = inputs()
-    params = [x[f"forward_{kind}_w{i}"] for i in range(int(x[f"forward_{kind}_count"]))]
-    model = {"numpy": "MLP_Numpy", "torch": "MLP_Torch", "cnn": "CNN_Torch_Autograd"}[kind]
-    net = ref.MODELS[model].cls.__new__(ref.MODELS[model].cls)
-    if kind == "numpy":
-        net.params = params
-        return net.forward_pass(x[f"forward_{kind}_images"])
-    net.params = [torch.tensor(p, dtype=torch.float) for p in params]
-    with torch.no_grad():
-        return net.forward_pass(x[f"forward_{kind}_images"]).numpy()
+    net = ref.MLP_Numpy.__new__(ref.MLP_Numpy)
+    net.params = [x[f"forward_numpy_w{i}"] for i in range(int(x["forward_numpy_count"]))]
+    return net.forward_pass(x["forward_numpy_images"])
 
 
 def forward(kind, rtol):
@@ -226,16 +258,9 @@ def forward(kind, rtol):
     return judge
 
 
-@lru_cache(maxsize=1)
 def backward_truth():
     """Gradients of the mean cross-entropy at the backward inputs, by autograd in float64."""
-    x = inputs()
-    w = [torch.tensor(x[f"backward_{n}"], requires_grad=True) for n in ("w1", "w2")]
-    ones = torch.ones((6, 1), dtype=torch.float64)
-    h1 = torch.tensor(x["backward_act0"]).mm(w[0])
-    y_pred = torch.softmax(torch.cat((h1.clamp(min=0), ones), dim=1).mm(w[1]), dim=1)
-    (-(torch.tensor(x["backward_y_real"]) * torch.log(y_pred)).sum(dim=1).mean()).backward()
-    return [g.grad.numpy() for g in w]
+    return [answers()["backward_w1"], answers()["backward_w2"]]
 
 
 def manual_backward(tol):
@@ -275,11 +300,7 @@ def check_loss_numpy(report, context):
 
 
 def reference_loss_torch(case):
-    x = inputs()
-    y_pred = torch.tensor(x[f"loss_pred{case}"], dtype=torch.float, requires_grad=True)
-    loss = ref.cross_entropy_torch(y_pred, x[f"loss_real{case}"])
-    loss.backward()
-    return loss.detach().numpy(), y_pred.grad.numpy()
+    return answers()[f"loss{case}"], answers()[f"loss_grad{case}"]
 
 
 def check_loss_torch(report, context):
@@ -303,15 +324,13 @@ def update(name, kind):
             want = list(values)
             ref.update_numpy(want, grads, learning_rate=float(x["update_lr"]))
         else:
-            want = [torch.tensor(v, dtype=torch.float) for v in values]
-            ref.update_torch(want, [torch.tensor(g, dtype=torch.float) for g in grads], float(x["update_lr"]))
+            want = [answers()["update_torch_p0"], answers()["update_torch_p1"]]
         check(int(report["count"]) == 2, f"{name} changed the number of parameters in the list.")
         for i in range(2):
             if kind != "numpy":
                 check(bool(report[f"same{i}"]), f"{name} replaced params[{i}] with a new tensor: update its .data "
                                                 f"instead, so the model sees the change.")
-            compare(f"params[{i}] after one update with learning_rate=0.1", report[f"p{i}"], ref.as_numpy(want[i]),
-                    1e-5, 1e-6)
+            compare(f"params[{i}] after one update with learning_rate=0.1", report[f"p{i}"], want[i], 1e-5, 1e-6)
         if kind == "autograd":
             for i in range(2):
                 check(np.all(report[f"grad{i}"] == 0), f"after the update, the gradient of params[{i}] is not "
@@ -367,7 +386,9 @@ def accuracy(test):
                   f"fix that error first.")
             what, params = f"{model_name} after the training above", params_of(report)
             expected = expected_accuracy(test, model, parts, context)
-        got = context.test_accuracy(model_name, params)
+        got = context.test_accuracy(model_name, params, estimate=True)
+        if abs(got - expected) > ref.ACCURACY_TOLERANCE - ref.ESTIMATE_MARGIN:  # not clearly within: torch's figure
+            got = context.test_accuracy(model_name, params)
         check(abs(got - expected) <= ref.ACCURACY_TOLERANCE,
               f"final test accuracy of {what} is {got:.2f}%, which is not within {ref.ACCURACY_TOLERANCE} points "
               f"of the accuracy a correct model reaches with the same helper functions.")
@@ -487,14 +508,16 @@ class Context:
         cell = next((c for c in self.nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id), None)
         return cell is None or any(o.get("output_type") == "error" for o in cell.get("outputs", []))
 
-    def test_accuracy(self, model_name, params):
-        return KNOWN_ACCURACIES.get(("test", model_name, self.data_dir), params,
-                                    lambda: self._test_accuracy(model_name, params))
+    def test_accuracy(self, model_name, params, estimate=False):
+        """`estimate`: computed without torch (reference.predict); MLP_Numpy's is exact anyway."""
+        estimate = estimate and ref.MODELS[model_name].cls is not ref.MLP_Numpy
+        return KNOWN_ACCURACIES.get(("test", model_name, estimate, self.data_dir), params,
+                                    lambda: self._test_accuracy(model_name, params, estimate))
 
-    def _test_accuracy(self, model_name, params):
+    def _test_accuracy(self, model_name, params, estimate):
         images, labels = mnist(self.data_dir, False)
         try:
-            return ref.accuracy(model_name, params, images, labels)
+            return ref.accuracy(model_name, params, images, labels, estimate)
         except (ValueError, RuntimeError, IndexError) as err:
             raise Failed(f"the trained parameters of {model_name} cannot be used by a correct forward pass "
                          f"({type(err).__name__}); check their shapes.") from None

@@ -4,6 +4,7 @@ Only the grader's process imports this module (and the sandboxed retraining of
 `retrain.py`, for a student whose helpers already lost their points). It never reaches
 the student's kernel during normal grading.
 """
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -19,6 +20,9 @@ else:  # in the grader: imported at their first use, so that the kernel starts s
 SEED, ITERS, BATCH, LR = 42, 400, 40, 1e-2
 # Final test accuracy must be within this many percentage points of the expected figure.
 ACCURACY_TOLERANCE = 0.3
+# How far an accuracy estimated without torch (predict's `estimate`) may be from torch's own figure:
+# an estimate nearer than this to the tolerance's edge is computed again with torch.
+ESTIMATE_MARGIN = 0.05
 # The seed's stated test accuracies, by kind of sampler (reproduced exactly by this module).
 STATED = {
     "MLP_Numpy": {"random": 88.15, "constant": 59.57},
@@ -197,19 +201,22 @@ def onehot(labels, classes=10):
 
 
 def init_params(model_name):
-    """A model's initial parameters, drawn as the training cell does, and the rng after that
-    (copies of what is drawn once per process)."""
+    """A model's initial parameters, drawn as the training cell does (numpy arrays: float32 where the
+    model holds tensors), and the rng after that (copies of what is drawn once per process)."""
     params, state = first_draw(model_name)
     rng = np.random.RandomState()
     rng.set_state(state)
-    return [p.detach().clone().requires_grad_(p.requires_grad) if isinstance(p, torch.Tensor) else p.copy()
-            for p in params], rng
+    return [p.copy() for p in params], rng
 
 
 @lru_cache(maxsize=None)
 def first_draw(model_name):
+    """What the model's __init__ draws, without building it (no torch): torch.tensor(w, dtype=torch.float)
+    rounds each float64 draw to float32 as astype does."""
+    model = MODELS[model_name]
     rng = np.random.RandomState(SEED)
-    return MODELS[model_name].cls(rng).params, rng.get_state()
+    params = (mlp_init if model.layout == "flat" else cnn_init)(rng)
+    return [p if model.cls is MLP_Numpy else p.astype(np.float32) for p in params], rng.get_state()
 
 
 def batch_indices(sampler, model_name):
@@ -219,23 +226,52 @@ def batch_indices(sampler, model_name):
     return np.stack([np.asarray(sampler(rows, rows, BATCH, rng)[0]) for _ in range(ITERS)])
 
 
-def predict(model_name, params, images):
-    """Class probabilities of the reference forward pass with the given parameters."""
+def predict(model_name, params, images, estimate=False):
+    """Class probabilities of the reference forward pass with the given parameters. `estimate`: the
+    torch models' float32 arithmetic done by numpy, without torch; BLAS rounds differently, which
+    moves a class only where two are nearly tied (ESTIMATE_MARGIN; tests/test_checks.py)."""
     model = MODELS[model_name]
+    x = layout_images(images, model.layout)
     net = model.cls.__new__(model.cls)
     if model.cls is MLP_Numpy:
         net.params = [np.asarray(p, dtype=np.float64) for p in params]
-        return net.forward_pass(layout_images(images, model.layout))
-    net.params = [torch.as_tensor(np.asarray(p), dtype=torch.float) for p in params]
-    with torch.no_grad():
-        return net.forward_pass(layout_images(images, model.layout)).numpy()
+        return net.forward_pass(x)
+    if not estimate:
+        net.params = [torch.as_tensor(np.asarray(p), dtype=torch.float) for p in params]
+        with torch.no_grad():
+            return net.forward_pass(x).numpy()
+    params, x = [np.asarray(p, dtype=np.float32) for p in params], x.astype(np.float32)
+    if model.layout == "flat":
+        w1, w2 = params
+        ones = np.ones((x.shape[0], 1), dtype=np.float32)
+        hidden = np.maximum(np.concatenate((x, ones), axis=1) @ w1, 0)
+        logits = np.concatenate((hidden, ones), axis=1) @ w2
+    else:
+        w1, b1, w2, b2 = params  # conv2d (no padding), + bias, ReLU, 2x2 max-pool, linear
+        channels, _, k, _ = w1.shape
+        n, rows, cols = x.shape[0], x.shape[2] - k + 1, x.shape[3] - k + 1
+        taps = np.empty((k, k, n, rows, cols), dtype=np.float32)  # each kernel tap's view of the images
+        for i in range(k):
+            for j in range(k):
+                taps[i, j] = x[:, 0, i:i + rows, j:j + cols]
+        conv = (w1.reshape(channels, -1) @ taps.reshape(k * k, -1)).reshape(channels, n, rows, cols)
+        relu = np.maximum(conv + b1.reshape(-1, 1, 1, 1), 0)
+        if rows % 2 or cols % 2:
+            raise ValueError(f"a {rows}x{cols} feature map does not pool 2x2")
+        pooled = np.maximum(relu[:, :, 0::2], relu[:, :, 1::2])
+        pooled = np.maximum(pooled[..., 0::2], pooled[..., 1::2]).transpose(1, 0, 2, 3)
+        logits = pooled.reshape(n, -1) @ w2 + b2
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and nan as torch gives them, silently
+        exp_logits = np.exp(logits)
+        return exp_logits / np.sum(exp_logits, axis=1, keepdims=True)
 
 
-def accuracy(model_name, params, images, labels, chunk=500):
-    """Test accuracy in percent: `images` normalised [N, 28, 28], `labels` integers. Predicted
-    `chunk` images at a time, in about half the time (the activations stay in the CPU's cache):
-    the same classes, probabilities equal but for rounding (tests/test_checks.py)."""
-    y = np.concatenate([predict(model_name, params, images[i:i + chunk]) for i in range(0, len(images), chunk)])
+def accuracy(model_name, params, images, labels, estimate=False, chunk=500):
+    """Test accuracy in percent: `images` normalised [N, 28, 28], `labels` integers; `estimate`: see
+    predict. Predicted `chunk` images at a time, in about half the time (the activations stay in the
+    CPU's cache): the same classes, probabilities equal but for rounding (tests/test_checks.py)."""
+    y = np.concatenate([predict(model_name, params, images[i:i + chunk], estimate)
+                        for i in range(0, len(images), chunk)])
     return float(np.mean(np.argmax(y, axis=1) == np.asarray(labels)) * 100.0)
 
 
@@ -262,4 +298,6 @@ def train(model_name, train_images, train_labels, sampler=random_batch, loss=Non
 
 
 def as_numpy(x):
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    """x, a tensor or an array, as a numpy array (a tensor means torch is imported: this imports nothing)."""
+    loaded = sys.modules.get("torch")
+    return x.detach().cpu().numpy() if loaded is not None and isinstance(x, loaded.Tensor) else np.asarray(x)
