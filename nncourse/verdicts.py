@@ -268,9 +268,17 @@ HIDDEN = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 
 
 def encode_arrays(arrays):
+    """{name: array} as base64 text of an .npz file."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_arrays(text):
+    """The {name: array} of encode_arrays' text, read without pickles. binascii.Error, ValueError,
+    OSError or EOFError if it is not such text."""
+    with np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 KERNEL_CELLS = weakref.WeakKeyDictionary()  # checks module -> its set-up cell, gone with the module
@@ -278,9 +286,9 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnco
 
 
 def kernel_cell(assignment):
-    """Source of the hidden set-up cell: the probes, the inputs, and `_report`. Computing the
-    inputs may need slow imports (torch): the source is kept on disk under a digest of what makes
-    it (fixed_inputs_key), so that a grader can start the kernel before it imports them."""
+    """Source of the hidden set-up cell: the probes, the inputs, and `_report`. The source is kept
+    on disk under a digest of what makes it (fixed_inputs_key), so that a grader reads it instead of
+    drawing the inputs again."""
     if assignment not in KERNEL_CELLS:
         def compute():
             body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
@@ -314,8 +322,8 @@ def fixed_inputs_key(assignment):
 def cached_arrays(assignment, name, compute):
     """compute(), a dict of arrays made from the assignment's fixed inputs alone, kept on disk as its
     set-up cell is: a grader reads them instead of importing what computes them."""
-    text = disk_cached(f"{name}-{assignment.__name__}", fixed_inputs_key(assignment), lambda: encode_arrays(compute()))
-    return dict(np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False))
+    return decode_arrays(disk_cached(f"{name}-{assignment.__name__}", fixed_inputs_key(assignment),
+                                     lambda: encode_arrays(compute())))
 
 
 def disk_cached(name, key, compute):
@@ -404,9 +412,7 @@ def decode_report(data, max_bytes):
     if len(data["npz"]) > max_bytes * 4 // 3 + 4:
         raise ValueError(f"it is larger than {max_bytes // MIB} MiB")
     try:
-        raw = base64.b64decode(data["npz"], validate=True)
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+        return decode_arrays(data["npz"])
     except (binascii.Error, ValueError, OSError, EOFError) as err:
         raise ValueError(f"it cannot be read as plain arrays ({type(err).__name__})") from None
 
