@@ -96,7 +96,7 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
     caps the kernel's BLAS/OpenMP threads; on Dask workers it is $NNCOURSE_KERNEL_THREADS (1).
     `settings` are the driver's configuration sections for these steps; `environment` is the
     driver's grading_environment(): a worker that differs refuses the task (Outcome.unfit)."""
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     worker = f"{os.uname().nodename}:{os.getpid()}"
     config, data_dir = kernel_config(settings, threads)
     problem = ""
@@ -116,6 +116,7 @@ def execute_submission(student, sha, notebook_json, timeout, threads, assignment
             advance = None
         nb, phases = run_and_decide(nb, config, timeout, assignment, notebook_name, student,
                                     verdict_steps, advance, idle=not spare_cores(config))
+        phases["worker CPU (not a phase: its verdicts and messages)"] = time.process_time() - cpu
     finally:
         if advance:
             advance.close()

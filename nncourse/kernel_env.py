@@ -37,10 +37,13 @@ def kernel_environment(environ, threads=None):
 
 
 def cap_threads(threads):
-    """A batch worker process's own cap (its verdicts' numpy and torch), the same as its kernels':
-    run first in the fresh process, before those libraries start their thread pools. Without it,
-    each worker's verdicts ran on every core while the other workers' kernels trained."""
+    """A batch worker process's own cap (its verdicts' numpy and torch), the same as its kernels'.
+    Libraries that start later read the variables; numpy's OpenBLAS, already loaded with the
+    module that holds the worker's start, is set directly. Without it, each worker's verdicts ran
+    on every core while the other workers' kernels trained."""
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    for lib in filter(None, map(_openblas, _loaded("openblas"))):
+        lib[1](threads)
 
 
 @contextlib.contextmanager

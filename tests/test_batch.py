@@ -229,9 +229,11 @@ def test_students_start_longest_first_by_their_last_grading_and_new_ones_before_
 
 
 def own_threads():
-    """Run in a batch worker process: the threads its own numpy and torch use."""
+    """Run in a batch worker process: the threads its own torch and numpy use."""
     import torch
-    return torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS")
+    from nncourse import kernel_env
+    openblas = [lib[0]() for lib in filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas")))]
+    return torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), openblas
 
 
 def imported(name):
@@ -241,10 +243,12 @@ def imported(name):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_local_worker_processes_get_the_kernels_thread_cap_for_their_own_verdicts(threads):
+    """torch, imported later, reads the cap; numpy's OpenBLAS was loaded before the worker's start
+    ran (with the module that holds it), so it is capped where it is."""
     runner = batch.Runner(2, threads=threads)
     try:
         task = runner.submit(own_threads)
-        assert task.result() == (threads, str(threads))
+        assert task.result() == (threads, str(threads), [threads])
     finally:
         runner.close()
 

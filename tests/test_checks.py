@@ -360,6 +360,39 @@ def test_a_wrong_or_crashing_helper_changes_which_model_is_retrained(context, tr
     assert recording.asked == [("task2_mlp_numpy_accuracy", retrained_as)]
 
 
+def half_step(params, grads, learning_rate):
+    for i in range(len(params)):
+        params[i].data = params[i].data - learning_rate / 2 * grads[i].data
+
+
+@pytest.mark.parametrize("retrained_far", [False, True], ids=["within", "far"])
+def test_the_accuracy_a_model_reaches_with_the_students_helpers_is_estimated_first(context, training_set, trained,
+                                                                                  monkeypatch, retrained_far):
+    """A wrong helper: the reference retrained with it (once) gives the expected figure, estimated
+    without torch as the student's own is. Torch computes both only when they are not clearly
+    within the tolerance (`far`: the retraining stands for one far from the student's), and its
+    figure is the one the message gives."""
+    from nncourse.assignments.tutorial3 import retrain as retraining
+    model, test = "MLP_Torch", "task3_mlp_torch_accuracy"
+    ns = student(grad_descent_update_torch=half_step, net=ref.train(model, *training_set, update=half_step))
+    students = [ref.as_numpy(p) for p in ns["net"].params]
+    retrained = [ref.as_numpy(p) for p in trained[model].params] if retrained_far else students
+    retrainings = []
+    monkeypatch.setattr(retraining, "retrain", lambda nb, step, *args: retrainings.append(args) or retrained)
+    monkeypatch.setattr(checks, "KNOWN_ACCURACIES", verdicts.Memo())
+    asked, predict = set(), ref.predict
+    monkeypatch.setattr(ref, "predict", lambda *args: asked.add((args[3], verdicts.arrays_key(args[1]))) or
+                        predict(*args))
+    got = verdict(test, ns, checks.Context({}, context.nb, context.step))
+    assert retrainings == [(test, model, False)]
+    if not retrained_far:  # the same model: clearly within, and no figure from torch
+        assert got.score == 1 and asked == {(True, verdicts.arrays_key(students))}
+    else:
+        exact = context.test_accuracy(model, students)
+        assert got.score == 0 and f"is {exact:.2f}%" in got.message
+        assert asked == {(e, verdicts.arrays_key(p)) for e in (True, False) for p in (students, retrained)}
+
+
 def test_a_missing_model_is_not_retrained(context):
     """Without a model class there is nothing to train with correct helpers: the test fails at once."""
     ns = student(MLP_Numpy=None, grad_descent_update_numpy=None)

@@ -21,7 +21,7 @@ SEED, ITERS, BATCH, LR = 42, 400, 40, 1e-2
 # Final test accuracy must be within this many percentage points of the expected figure.
 ACCURACY_TOLERANCE = 0.3
 # How far an accuracy estimated without torch (predict's `estimate`) may be from torch's own figure:
-# an estimate nearer than this to the tolerance's edge is computed again with torch.
+# estimates whose difference is nearer than twice this to the tolerance's edge are computed again with torch.
 ESTIMATE_MARGIN = 0.05
 # The seed's stated test accuracies, by kind of sampler (reproduced exactly by this module).
 STATED = {
