@@ -135,6 +135,17 @@ class GradingProfile(AssignmentStep):
         nb.metadata.setdefault("nncourse", {})["prepared"] = {"module": module, "folder": folder}
 
 
+def prepared_array(data_dir, module, name):
+    """The array `name` of the grader's copy in `data_dir` (see ensure_prepared) for the checks
+    `module`, mapped read-only; None where this machine has no such copy."""
+    import numpy as np
+    folder = Path(data_dir) / PREPARED_FOLDER / prepared_key(module, load_assignment(module).PREPARED)
+    try:
+        return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_prepared(nb, data_dir, log=None):
     """Before a grading kernel starts: compute the arrays that the notebook's profiled cells read
     (nb.metadata.nncourse.prepared), unless this machine's data folder has them already. A folder

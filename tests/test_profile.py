@@ -1,5 +1,6 @@
 """The grading profile: in grading runs, the locked training cells evaluate the test set less often."""
 import copy
+from pathlib import Path
 
 import pytest
 from traitlets.config import Config
@@ -121,6 +122,20 @@ def test_the_graders_copy_holds_exactly_what_the_notebook_computes(prepared_nb, 
     assert np.array_equal(graded["train_imgs"], own["train_imgs"])
     graded["train_imgs"][0] = 0
     assert np.array_equal(np.load(folder / "train_imgs.npy", mmap_mode="r")[0], own["train_imgs"][0])
+
+
+def test_the_graders_own_accuracies_read_that_copy_too(prepared_nb, tmp_path):
+    """The checks' test set (checks.mnist) is mapped from the copy where the machine has one, and
+    computed where it has none: the same values either way."""
+    import numpy as np
+    from nncourse.profile import ensure_prepared
+    (tmp_path / "MNIST").symlink_to(DATA_DIR / "MNIST")
+    computed, labels = checks.mnist.__wrapped__(str(tmp_path), False)  # no copy yet
+    folder = ensure_prepared(prepared_nb, tmp_path)
+    mapped, mapped_labels = checks.mnist.__wrapped__(str(tmp_path), False)
+    assert not isinstance(computed, np.memmap) and isinstance(mapped, np.memmap)
+    assert Path(mapped.filename) == folder / "test_imgs.npy" and not mapped.flags.writeable
+    assert np.array_equal(mapped, computed) and np.array_equal(mapped_labels, labels)
 
 
 def test_without_the_graders_copy_the_profiled_cell_computes_the_arrays_itself(prepared_nb, tmp_path, monkeypatch):

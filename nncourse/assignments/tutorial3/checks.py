@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data
+from nncourse.profile import prepared_array
 from nncourse.sandbox import configured_data_dir
 from nncourse.verdicts import Check, Failed, LazyModule, Memo, cached_arrays, not_beside_the_kernel
 from . import reference as ref
@@ -477,8 +478,11 @@ def prepare(data_dir):
 
 @lru_cache(maxsize=2)
 def mnist(data_dir, train):
+    """(normalised images, labels): the normalised images read from the grader's copy of PREPARED's
+    arrays where this machine has one (prepare computes them the same way), else computed."""
     images, labels = data.load_split(Path(data_dir), train)
-    return ref.normalize(images), labels.astype(np.int64)
+    normalized = prepared_array(data_dir, __name__, "train_imgs" if train else "test_imgs")
+    return ref.normalize(images) if normalized is None else normalized, labels.astype(np.int64)
 
 
 def data_dir(step):
