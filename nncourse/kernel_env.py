@@ -42,15 +42,15 @@ def cap_threads(threads):
     module that holds the worker's start, is set directly. Without it, each worker's verdicts ran
     on every core while the other workers' kernels trained."""
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
-    for lib in filter(None, map(_openblas, _loaded("openblas"))):
-        lib[1](threads)
+    for _, set_ in openblas_libraries():
+        set_(threads)
 
 
 @contextlib.contextmanager
 def blas_threads(count):
     """numpy's OpenBLAS at `count` threads inside the block (its setting is global to the process);
     nothing changes where OpenBLAS cannot be found."""
-    lib = next(filter(None, map(_openblas, _loaded("openblas"))), None)
+    lib = next(iter(openblas_libraries()), None)
     if lib is None:
         yield
         return
@@ -61,6 +61,11 @@ def blas_threads(count):
         yield
     finally:
         set_(before)
+
+
+def openblas_libraries():
+    """(get_num_threads, set_num_threads) of each OpenBLAS loaded in this process (numpy's)."""
+    return [lib for lib in map(_openblas, _loaded("openblas")) if lib]
 
 
 def _loaded(part):

@@ -86,6 +86,11 @@ def prepared_key(module, prepared):
     return hashlib.sha256(json.dumps([prepared, checks_digest(module), version("numpy")]).encode()).hexdigest()[:16]
 
 
+def prepared_folder(module, prepared):
+    """Where in the data folder the grader's copy of `prepared` (the checks `module`'s PREPARED) lives."""
+    return f"{PREPARED_FOLDER}/{prepared_key(module, prepared)}"
+
+
 class GradingProfile(AssignmentStep):
     """Sanitize step (after RestoreCells has put back the instructor's locked cells)."""
     test_every = Integer(0, help="In grading runs, the locked training cells evaluate the test set every "
@@ -125,7 +130,7 @@ class GradingProfile(AssignmentStep):
             cell.source = NOTE.format(every=self.test_every, was=was) + source
 
     def profile_prepared(self, nb, assignment, module):
-        folder = f"{PREPARED_FOLDER}/{prepared_key(module, assignment.PREPARED)}"
+        folder = prepared_folder(module, assignment.PREPARED)
         variable = self.config.SandboxedKernelManager.get("data_variable", "DATA_DIR")
         for grade_id, cell in self.cells(nb, assignment.PREPARED):
             try:
@@ -139,7 +144,7 @@ def prepared_array(data_dir, module, name):
     """The array `name` of the grader's copy in `data_dir` (see ensure_prepared) for the checks
     `module`, mapped read-only; None where this machine has no such copy."""
     import numpy as np
-    folder = Path(data_dir) / PREPARED_FOLDER / prepared_key(module, load_assignment(module).PREPARED)
+    folder = Path(data_dir) / prepared_folder(module, load_assignment(module).PREPARED)
     try:
         return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):

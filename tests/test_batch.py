@@ -232,7 +232,7 @@ def own_threads():
     """Run in a batch worker process: the threads its own torch and numpy use."""
     import torch
     from nncourse import kernel_env
-    openblas = [lib[0]() for lib in filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas")))]
+    openblas = [get() for get, _ in kernel_env.openblas_libraries()]
     return torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), openblas
 
 
@@ -259,7 +259,7 @@ from nncourse import kernel_env, verdicts
 early = verdicts.EarlyVerdicts([], {}, idle=True)
 early.cell_starts(0)  # the kernel runs a long cell: the thread becomes idle
 thread = early.idle.result(timeout=120)
-blas = next(filter(None, map(kernel_env._openblas, kernel_env._loaded("openblas"))))[0]
+blas = kernel_env.openblas_libraries()[0][0]
 during = (os.sched_getscheduler(thread) == os.SCHED_IDLE, blas())
 early.decided(None)
 print(during, (torch.get_num_threads(), blas()))
