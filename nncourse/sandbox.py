@@ -21,21 +21,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from queue import Empty
 
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async
 from nbclient.exceptions import DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Integer, List, Unicode, default
+from traitlets import Bool, Integer, List, Type, Unicode, default
 
 from . import kernel_env, memgroup, template
 from .template import KernelTemplate, bind_with_parents
 from .profile import ensure_prepared
-from .verdicts import REPORT_MIME
+from .verdicts import REPORT_MIME, inputs_from_file
 
 DISABLE_HINT = ("To grade without the sandbox, knowingly, set NNCOURSE_SANDBOX=off in the environment "
                 "(or c.SandboxedKernelManager.enabled = False in nbgrader_config.py).")
@@ -89,8 +91,54 @@ def configured_data_dir(config):
     return settings.get("data_dir") or os.environ.get(settings.get("data_variable", "DATA_DIR"), "")
 
 
+def data_mount(data_dir):
+    """Where a sandboxed kernel sees the data folder `data_dir`."""
+    return f"/data/{Path(data_dir).name}"
+
+
+class PromptKernelClient(AsyncKernelClient):
+    """jupyter_client's client, ready as soon as the kernel has answered on both channels.
+
+    jupyter_client's own `wait_for_ready` waits 0.2 s on IOPub after each kernel_info reply, asks
+    again when a new IOPub subscription missed the kernel's status messages (ZeroMQ's slow joiner),
+    then waits 0.2 s more for silence: 0.2-0.4 s per kernel. This one reads IOPub up to its own
+    request's idle status; after a miss it asks again, waiting `first_wait`, then twice as long at
+    each miss, up to `last_wait`, so that a loaded machine cannot keep it asking. Messages of other
+    requests are left to nbclient, which ignores them."""
+
+    first_wait, last_wait = 0.05, 1.0
+    reply_wait = 1.0  # seconds on the shell channel before asking again, as jupyter_client
+
+    async def wait_for_ready(self, timeout=None):
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        asked, replied, wait = {self.kernel_info()}, False, self.first_wait
+        while True:
+            try:
+                if not replied:
+                    msg = await ensure_async(self.shell_channel.get_msg(timeout=self.reply_wait))
+                    if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") in asked:
+                        replied = True
+                        self._handle_kernel_info_reply(msg)
+                    continue
+                msg = await ensure_async(self.iopub_channel.get_msg(timeout=wait))
+                if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+                        and msg["parent_header"].get("msg_id") in asked):
+                    return
+                continue
+            except Empty:
+                if replied:
+                    wait = min(2 * wait, self.last_wait)
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
+            asked.add(self.kernel_info())
+
+
 class SandboxedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels run inside a bubblewrap sandbox."""
+    """A kernel manager whose kernels run inside a bubblewrap sandbox (its clients: PromptKernelClient)."""
+
+    client_factory = Type(PromptKernelClient, klass=AsyncKernelClient, config=True)
 
     enabled = Bool(True, help="Run kernels in the sandbox. Turning this off runs student code with "
                               "the grader's own rights.").tag(config=True)
@@ -123,7 +171,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         return self.data_dir or os.environ.get(self.data_variable, "")
 
     def _data_mount(self):
-        return f"/data/{Path(self._data_dir()).name}"
+        return data_mount(self._data_dir())
 
     def _sandbox_off(self):
         return sandbox_disabled(self.enabled)
@@ -281,7 +329,18 @@ class SandboxedExecute(Execute):
         forked from the template that dies before its first cell is the grader's failure, not the
         notebook's: the template is given up (KernelTemplate.give_up) and the notebook runs again
         in a kernel with a sandbox of its own."""
-        ensure_prepared(nb, configured_data_dir(self.config), log=self.log.warning)  # grading profile
+        data_dir = configured_data_dir(self.config)
+        ensure_prepared(nb, data_dir, log=self.log.warning)  # grading profile
+        sandboxed = not sandbox_disabled(self.config.SandboxedKernelManager.get("enabled", True))
+        inline = inputs_from_file(nb, data_dir, data_mount(data_dir) if sandboxed else Path(data_dir).resolve(),
+                                  log=self.log.warning)
+        try:
+            return self.run_in_kernel(nb, resources, km)
+        finally:  # the notebook as it was sanitized
+            for index, source in inline.items():
+                nb.cells[index].source = source
+
+    def run_in_kernel(self, nb, resources, km):
         while True:
             self._output_bytes, self._output_capped, self._report_bytes, self._cells_started = 0, False, 0, 0
             self._created_km = None

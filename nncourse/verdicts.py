@@ -24,6 +24,7 @@ The flow, as nbgrader steps (nbgrader_config.py):
    Batch workers decide each test as soon as its cell has run (EarlyVerdicts), while the kernel
    goes on; a test sees only the notebook up to its cell, so the verdict is the same either way.
 """
+import ast
 import base64
 import binascii
 import contextlib
@@ -241,12 +242,14 @@ def arrays_key(arrays):
 
 # ------------------------------------------------------------------------------ kernel side
 KERNEL_CELL = '''# Used by the autograder: reports what your code returns on the grader's inputs. Leave it in place.
-def _make_reporter(notebook, probes_source, inputs_b64, mime):
+def _make_reporter(notebook, probes_source, inputs, mime):
     import base64, io
     import numpy as np
     module = {{"__name__": "grading_probes"}}
     exec(compile(probes_source, "grading_probes", "exec"), module)
-    inputs = dict(np.load(io.BytesIO(base64.b64decode(inputs_b64)), allow_pickle=False))
+    # the inputs: base64 text of an .npz file, or the absolute path of that file (read-only here)
+    with np.load(inputs if inputs.startswith("/") else io.BytesIO(base64.b64decode(inputs)), allow_pickle=False) as npz:
+        inputs = {{key: npz[key] for key in npz.files}}
 
     def report(test):
         try:
@@ -291,12 +294,16 @@ def kernel_cell(assignment):
     drawing the inputs again."""
     if assignment not in KERNEL_CELLS:
         def compute():
-            body = KERNEL_CELL.format(source=Path(assignment.PROBES_FILE).read_text(),
-                                      inputs=encode_arrays(assignment.inputs()), mime=REPORT_MIME)
-            return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
+            return kernel_cell_source(Path(assignment.PROBES_FILE).read_text(), assignment.inputs())
         KERNEL_CELLS[assignment] = disk_cached(f"set-up-cell-{assignment.__name__}", fixed_inputs_key(assignment),
                                                compute)
     return KERNEL_CELLS[assignment]
+
+
+def kernel_cell_source(probes_source, inputs):
+    """The set-up cell for the probes' source and their inputs ({name: array})."""
+    body = KERNEL_CELL.format(source=probes_source, inputs=encode_arrays(inputs), mime=REPORT_MIME)
+    return f"{HIDDEN[0]}\n{body}{HIDDEN[1]}"
 
 
 def package_versions(names):
@@ -393,9 +400,64 @@ class InsertProbes(AssignmentStep):
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
             if grade_id == assignment.SETUP_CELL:
                 cell.source = kernel_cell(assignment)
+                cell.metadata.setdefault("nncourse", {})["set_up"] = True  # read by inputs_from_file
             if grade_id in assignment.STAND_INS:
                 cell.metadata.setdefault("nncourse", {})["stand_ins"] = assignment.STAND_INS[grade_id]
         return nb, resources
+
+
+INPUTS_FOLDER = ".probe-inputs"  # in the data folder
+
+
+def inputs_from_file(nb, data_dir, kernel_data_dir, log=None):
+    """Before the kernel starts: the set-up cell (marked by InsertProbes) reads its inputs from a file
+    that the grader writes once per machine in the data folder, `data_dir`, which the kernel sees as
+    `kernel_data_dir`, instead of carrying them as text (the kernel hashes each cell's source, 0.1 s
+    for these). The file is named after its content and is read-only to kernels. Returns {cell index:
+    its source as it was}, to be put back after execution. A folder that cannot be written leaves the
+    cell as it is (a warning, through `log`, says so)."""
+    inline = {}
+    for index, cell in enumerate(nb.cells):
+        if not cell.metadata.get("nncourse", {}).get("set_up") or not data_dir:
+            continue
+        calls = [node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", "") == "_make_reporter" and len(node.args) == 4]
+        encoded = calls[0].args[2].value if calls and isinstance(calls[0].args[2], ast.Constant) else None
+        if not isinstance(encoded, str) or encoded.startswith("/"):
+            continue
+        name = f"{hashlib.sha256(encoded.encode()).hexdigest()[:24]}.npz"
+        try:
+            write_once(Path(data_dir) / INPUTS_FOLDER, name, lambda path: path.write_bytes(base64.b64decode(encoded)))
+        except OSError as err:
+            if log:
+                log(f"the probes' inputs stay in the set-up cell: {Path(data_dir) / INPUTS_FOLDER} cannot be "
+                    f"written ({err})")
+            continue
+        inline[index] = cell.source
+        cell.source = cell.source.replace(repr(encoded), repr(f"{kernel_data_dir}/{INPUTS_FOLDER}/{name}"), 1)
+    return inline
+
+
+def write_once(folder, name, write, stale_seconds=3600):
+    """folder/name, written by write(path) unless it is there, readable by every uid (kernels run under
+    their own); files of other names not touched for `stale_seconds` go (other versions, abandoned ones)."""
+    target = folder / name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    partial = folder / f".partial-{os.getpid()}-{threading.get_ident()}-{name}"
+    try:
+        write(partial)
+        os.chmod(partial, 0o644)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    for old in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if old != target and time.time() - old.stat().st_mtime > stale_seconds:
+                old.unlink()
+    return target
 
 
 # ------------------------------------------------------------------------------ grader side

@@ -13,9 +13,11 @@ import sys
 import tempfile
 import time
 import uuid
+from queue import Empty
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from nncourse import memgroup, sandbox, template
@@ -343,13 +345,14 @@ def test_the_kernel_is_the_oom_killers_first_choice_and_never_below_the_grader()
 OPEN_FILES = """
 import errno, os, resource
 print('limit', resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-already = len(os.listdir('/proc/self/fd')) - 1  # less the one listdir used
 files = []
 try:
     while len(files) < 1000:  # bounded, should the limit ever fail
         files.append(open(f'f{len(files)}', 'w'))
 except OSError as err:
-    print('opened', len(files), 'open', already + len(files), 'error', errno.errorcode[err.errno])
+    opened = len(files)
+    files.pop().close()  # counted at the limit itself: listdir takes the one file freed
+    print('opened', opened, 'open', len(os.listdir('/proc/self/fd')), 'error', errno.errorcode[err.errno])
 for f in files:
     f.close()
 """
@@ -468,6 +471,7 @@ def test_missing_bubblewrap_stops_with_a_message_that_names_the_fix(monkeypatch,
 ORDINARY_USER_SCRIPT = """
 import json, os, sys
 import nbformat
+import numpy as np
 from traitlets.config import Config
 from nncourse import memgroup, sandbox, template
 cells = [nbformat.v4.new_code_cell(s) for s in json.loads(sys.argv[1])]
@@ -828,3 +832,110 @@ def test_only_a_grade_that_runs_its_kernels_in_process_starts_a_template_early(t
         started.clear()
         entry.start_kernel_template_early(course + argv)
         assert started == ([tmp_path / ".batch" / "kernel-template.json"] if early else []), argv
+
+
+def missing_first_status_messages(monkeypatch, misses):
+    """Make each new client's IOPub miss the status messages of its first `misses` kernel_info requests,
+    as a subscription that is not up yet does (ZeroMQ's slow joiner). Returns the list of the IOPub
+    waits that ran out while the client was getting ready."""
+    ran_out, make_client = [], sandbox.SandboxedKernelManager.client
+
+    def client(self, **kw):
+        kc, asked = make_client(self, **kw), []
+        kernel_info, wait_for_ready = kc.kernel_info, kc.wait_for_ready
+
+        def counted_kernel_info():
+            asked.append(kernel_info())
+            return asked[-1]
+
+        async def missing_wait_for_ready(timeout=None):
+            channel = kc.iopub_channel
+            get_msg = channel.get_msg
+
+            async def missing_get_msg(timeout=None):
+                while True:
+                    try:
+                        msg = await get_msg(timeout=timeout)
+                    except Empty:
+                        ran_out.append(timeout)
+                        raise
+                    if msg["parent_header"].get("msg_id") not in asked[:misses]:
+                        return msg
+            channel.get_msg = missing_get_msg
+            try:
+                return await wait_for_ready(timeout)
+            finally:
+                channel.get_msg = get_msg
+        kc.kernel_info, kc.wait_for_ready = counted_kernel_info, missing_wait_for_ready
+        return kc
+    monkeypatch.setattr(sandbox.SandboxedKernelManager, "client", client)
+    return ran_out
+
+
+@pytest.mark.parametrize("misses", [1, 3])
+def test_the_kernel_client_is_ready_as_soon_as_both_channels_answer(monkeypatch, misses):
+    """A missed IOPub subscription costs waits of 0.05 s, doubling at each miss, and nothing once both
+    channels have answered; jupyter_client's own client, the control, waits out at least 0.2 s."""
+    ran_out = missing_first_status_messages(monkeypatch, misses)
+    nb = run_cells("print('first output')")
+    assert text(nb.cells[0]) == "first output\n"
+    assert ran_out[:misses] == [0.05 * 2 ** k for k in range(misses)], ran_out
+    assert len(ran_out) <= misses + 1, ran_out  # one more only if the machine is slower than 0.05 s
+    ran_out.clear()
+    nb = run_cells("print('first output')",
+                   SandboxedKernelManager={"client_factory": "jupyter_client.asynchronous.AsyncKernelClient"})
+    assert text(nb.cells[0]) == "first output\n"
+    assert sum(ran_out) >= 0.2, ran_out  # at least its wait for silence at the end
+
+
+ECHO_PROBES = "def probe(test, notebook, inputs):\n    return dict(inputs)\n"
+
+
+def set_up_notebook(inputs):
+    """A student's cell that moves away, the set-up cell (as InsertProbes leaves it), a test cell that
+    reports, and a cell that prints the length of the set-up cell's source as the kernel ran it."""
+    from nncourse import verdicts
+    set_up = nbformat.v4.new_code_cell(verdicts.kernel_cell_source(ECHO_PROBES, inputs))
+    set_up.metadata["nncourse"] = {"set_up": True}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos.chdir('/')"), set_up,
+                                         nbformat.v4.new_code_cell('_report("echo")'),
+                                         nbformat.v4.new_code_cell("print(len(In[2]), '.probe-inputs' in In[2])")])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def run_set_up(nb, data_dir):
+    from traitlets.config import Config
+    config = Config({"SandboxedKernelManager": {"data_dir": str(data_dir), "fork_server": FORKED["forked"]}})
+    sandbox.SandboxedExecute(config=config, timeout=TIMEOUT).preprocess(nb, {"metadata": {"path": str(REPO)}})
+    from nncourse import verdicts
+    report = next(o for o in nb.cells[2].outputs if verdicts.REPORT_MIME in o.get("data", {}))
+    return verdicts.decode_report(report["data"][verdicts.REPORT_MIME], 64 * verdicts.MIB), text(nb.cells[3])
+
+
+def test_the_set_up_cell_reads_the_inputs_from_the_data_folder(tmp_path):
+    """The kernel reads the probes' inputs from a read-only file in the data folder, by its absolute path
+    (the student's cell moved away), so the set-up cell it runs is small; the notebook keeps its cell."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    inputs = {"x": np.random.default_rng(0).standard_normal((300, 300))}
+    nb = set_up_notebook(inputs)
+    sanitized = nb.cells[1].source
+    echoed, ran = run_set_up(nb, data_dir)
+    assert np.array_equal(echoed["x"], inputs["x"]) and echoed["x"].dtype == inputs["x"].dtype
+    length, names_the_file = ran.split()
+    assert int(length) < 5000 and names_the_file == "True", ran
+    assert nb.cells[1].source == sanitized and len(sanitized) > 700_000
+    [written] = (data_dir / ".probe-inputs").iterdir()
+    assert written.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_data_folder_the_grader_cannot_write_keeps_the_inputs_in_the_cell(tmp_path, caplog):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    (data_dir / ".probe-inputs").write_text("a file where the folder would go")
+    inputs = {"x": np.arange(12.0).reshape(3, 4)}
+    echoed, ran = run_set_up(set_up_notebook(inputs), data_dir)
+    assert np.array_equal(echoed["x"], inputs["x"])
+    assert ran.split()[1] == "False", ran
+    assert "the probes' inputs stay in the set-up cell" in caplog.text
