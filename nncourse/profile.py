@@ -165,8 +165,10 @@ def ensure_prepared(nb, data_dir, log=None):
     try:
         import numpy as np
         partial.mkdir(parents=True)
+        os.chmod(partial.parent, 0o755)  # readable by the kernels' own uids, whatever the grader's umask
         for name, array in load_assignment(request["module"]).prepare(data_dir).items():
             np.save(partial / f"{name}.npy", array)
+            os.chmod(partial / f"{name}.npy", 0o644)
         os.chmod(partial, 0o755)
         os.rename(partial, target)
         for old in target.parent.iterdir():  # copies for other code or data, and abandoned ones

@@ -1,5 +1,6 @@
 """The grading profile: in grading runs, the locked training cells evaluate the test set less often."""
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,16 @@ def test_a_data_folder_the_grader_cannot_write_leaves_the_cells_computing(prepar
     said = []
     assert ensure_prepared(prepared_nb, tmp_path, log=said.append) is None
     assert said and "the notebook computes it itself" in said[0]
+
+
+def test_the_graders_copy_is_readable_by_the_kernels_whatever_the_graders_umask(prepared_nb, tmp_path):
+    """Kernels run under uids of their own: a grader with umask 077 still leaves its copy readable."""
+    from nncourse.profile import ensure_prepared
+    (tmp_path / "MNIST").symlink_to(DATA_DIR / "MNIST")
+    was = os.umask(0o077)
+    try:
+        folder = ensure_prepared(prepared_nb, tmp_path)
+    finally:
+        os.umask(was)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [folder.parent, folder, *folder.iterdir()]}
+    assert modes == {".prepared": 0o755, folder.name: 0o755, "test_imgs.npy": 0o644, "train_imgs.npy": 0o644}
