@@ -128,3 +128,24 @@ def test_cell_metadata_schema_is_checked_once_per_process_not_once_per_cell(monk
     for _ in range(2):
         CheckCellMetadata().preprocess(nb, {})
     assert len(checked) == 1
+
+
+def test_nbconvert_checks_each_notebook_once_per_conversion(monkeypatch):
+    """nbconvert validates the notebook after each step by default; the course's configuration, once."""
+    from nbconvert.exporters import NotebookExporter
+    from nbconvert.preprocessors import ClearOutputPreprocessor
+    from traitlets.config import Config
+    from nncourse.course import Course
+    from conftest import REPO
+    validated = []
+    monkeypatch.setattr(NotebookExporter, "_validate_preprocessor", lambda self, nb, step: validated.append(step))
+    counts = []
+    for config in (Config(), Course.load(REPO).config.copy()):
+        config.Exporter.default_preprocessors = []  # as nbgrader's converters set it
+        exporter = NotebookExporter(config=config)
+        for _ in range(5):
+            exporter.register_preprocessor(ClearOutputPreprocessor(), enabled=True)
+        validated.clear()
+        exporter.from_notebook_node(notebook.read(SOURCE))
+        counts.append(len(validated))
+    assert counts == [5, 1], counts
