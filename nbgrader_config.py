@@ -41,10 +41,12 @@ c.Autograde.sanitize_preprocessors = [
 # Grading profile (nncourse/profile.py, docs/grading.md): in grading runs the locked training cells
 # evaluate the test set every 100 iterations and at the last one, not every 10 (0 turns this off), and
 # the normalised images are read from a copy computed once per machine in the data folder (False
-# turns this off). Grades are the same, grading is faster (docs/benchmark.md). Students' own runs
-# are unchanged.
+# turns this off), and the training loop predicts the test set 1,000 images at a time, not all
+# 10,000 at once (0 turns this off). Grades are the same, grading is faster (docs/benchmark.md).
+# Students' own runs are unchanged.
 c.GradingProfile.test_every = 100
 c.GradingProfile.prepared_data = True
+c.GradingProfile.chunk_rows = 1000
 # One submission at a time (`nncourse grade` of one student), the kernel starts while the grader
 # prepares the notebook and imports these meanwhile, as the notebook's first cell would (no name is
 # added to the notebook's namespace). [] turns this off.

@@ -8,6 +8,11 @@ grader does not need or already has. Grades are unchanged; only the time goes do
   images) are computed once per machine by the grader, saved in the data folder, and read there
   by those cells (copy-on-write, so the notebook may still change them). A cell whose copy is
   missing computes the array itself, as in the student's own run.
+- Evaluations in chunks: a locked cell's call on a whole data set (e.g. a model's forward pass on
+  the 10,000 test images) runs on chunks of rows and joins the results, detached from autograd.
+  The predictions are the same up to float rounding (BLAS sums a chunk's products in another
+  order), and grades never use them: the grader computes each accuracy itself. The kernel touches
+  a tenth of the memory, whose first touch it pays for in every fresh process.
 
 The assignment's checks module names what the profile may change:
 - TRAINING_CELLS: grade_ids of the locked cells that train a model;
@@ -41,6 +46,18 @@ LOADER = '''def _graders_copy(name, compute):
 
 '''
 PREPARED_FOLDER = ".prepared"  # in the data folder
+CHUNKS_NOTE = ("# Grading run: {names} computed {size} rows at a time (the same up to float rounding), "
+               "to grade faster. Grades do not use it.\n")
+CHUNKS_HELPER = '''def _in_chunks(function, rows, size):
+    parts = [function(rows[start:start + size]) for start in range(0, len(rows), size)]
+    if type(parts[0]).__module__.startswith("torch"):
+        import torch
+        return torch.cat([part.detach() for part in parts])
+    import numpy
+    return numpy.concatenate(parts)
+
+
+'''
 
 
 def set_keyword(source, keyword, value):
@@ -57,26 +74,54 @@ def set_keyword(source, keyword, value):
     return "".join(lines), node.value
 
 
+def one_assignment(statement, call=False):
+    """(name, value node) of `statement`, a whole line `name = expression`; with `call`, the
+    expression must be a call with one positional argument. ValueError if it is not."""
+    tree = ast.parse(statement).body
+    if len(tree) != 1 or not isinstance(tree[0], ast.Assign) or not isinstance(tree[0].targets[0], ast.Name):
+        raise ValueError(f"{statement!r} is not `name = expression`")
+    value = tree[0].value
+    if call and not (isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords):
+        raise ValueError(f"{statement!r} is not `name = function(rows)`")
+    return tree[0].targets[0].id, value
+
+
+def replace_lines(source, statements, replacement):
+    """`source` with each of `statements`, a whole line once, replaced (its indent kept) by
+    `replacement(statement)`. ValueError if a statement is not a line of `source` just once."""
+    lines = source.splitlines(keepends=True)
+    for statement in statements:
+        at = [i for i, line in enumerate(lines) if line.strip() == statement]
+        if len(at) != 1:
+            raise ValueError(f"expected the line {statement!r} once, found it {len(at)} times")
+        line = lines[at[0]]
+        lines[at[0]] = line[:len(line) - len(line.lstrip())] + replacement(statement) + "\n"
+    return "".join(lines)
+
+
+def in_chunks(source, statements, size):
+    """`source` with each of `statements` (`name = function(rows)`, a whole line) computing its
+    call on `size` rows at a time. ValueError as replace_lines, or for another kind of statement."""
+    def chunked(statement):
+        name, call = one_assignment(statement, call=True)
+        function, rows = (ast.get_source_segment(statement, node) for node in (call.func, call.args[0]))
+        return f"{name} = _in_chunks({function}, {rows}, {size})"
+    changed = replace_lines(source, statements, chunked)
+    names = ", ".join(one_assignment(s)[0] for s in statements)
+    return CHUNKS_NOTE.format(names=names, size=size) + CHUNKS_HELPER + changed
+
+
 def read_prepared(source, statements, variable, folder):
     """`source` with each of `statements` (`name = expression`, a whole line) reading `name` from
     the grader's copy in `folder` of the data folder, computing it as before if there is none.
     ValueError if a statement is not a line of `source` or not a simple assignment."""
-    lines = source.splitlines(keepends=True)
-    names = []
-    for statement in statements:
-        tree = ast.parse(statement).body
-        if len(tree) != 1 or not isinstance(tree[0], ast.Assign) or not isinstance(tree[0].targets[0], ast.Name):
-            raise ValueError(f"{statement!r} is not `name = expression`")
-        at = [i for i, line in enumerate(lines) if line.strip() == statement]
-        if len(at) != 1:
-            raise ValueError(f"expected the line {statement!r} once, found it {len(at)} times")
-        name, expression = tree[0].targets[0].id, ast.get_source_segment(statement, tree[0].value)
-        line = lines[at[0]]
-        indent = line[:len(line) - len(line.lstrip())]
-        lines[at[0]] = f"{indent}{name} = _graders_copy({json.dumps(name)}, lambda: {expression})\n"
-        names.append(name)
+    def from_copy(statement):
+        name, value = one_assignment(statement)
+        return f"{name} = _graders_copy({json.dumps(name)}, lambda: {ast.get_source_segment(statement, value)})"
+    changed = replace_lines(source, statements, from_copy)
+    names = [one_assignment(s)[0] for s in statements]
     header = PREPARED_NOTE.format(names=", ".join(names) + (" are" if len(names) > 1 else " is"))
-    return header + LOADER.format(variable=json.dumps(variable), folder=json.dumps(folder)) + "".join(lines)
+    return header + LOADER.format(variable=json.dumps(variable), folder=json.dumps(folder)) + changed
 
 
 def prepared_key(module, prepared):
@@ -101,6 +146,11 @@ class GradingProfile(AssignmentStep):
                                      "their arrays from a copy the grader computes once per machine in the "
                                      "data folder, instead of computing them; grades do not change. Students' "
                                      "own runs are not affected.").tag(config=True)
+    chunk_rows = Integer(0, help="In grading runs, the calls the assignment lists in IN_CHUNKS (a model's "
+                                 "predictions on the whole test set) run on this many rows at a time, so "
+                                 "the kernel touches less memory; the values are the same up to float "
+                                 "rounding, and grades do not use them. 0 keeps the notebook's whole-set "
+                                 "calls. Students' own runs are not affected.").tag(config=True)
 
     def preprocess(self, nb, resources):
         assignment, module = self.assignment(resources)
@@ -110,6 +160,8 @@ class GradingProfile(AssignmentStep):
             self.profile_training(nb, assignment)
         if self.prepared_data and getattr(assignment, "PREPARED", None):
             self.profile_prepared(nb, assignment, module)
+        if self.chunk_rows and getattr(assignment, "IN_CHUNKS", None):
+            self.profile_chunks(nb, assignment)
         return nb, resources
 
     def cells(self, nb, grade_ids):
@@ -128,6 +180,13 @@ class GradingProfile(AssignmentStep):
                 raise self.cannot(assignment, grade_id, err, "TEST_EVERY_ARGUMENT or TRAINING_CELLS",
                                   "test_every = 0") from None
             cell.source = NOTE.format(every=self.test_every, was=was) + source
+
+    def profile_chunks(self, nb, assignment):
+        for grade_id, cell in self.cells(nb, assignment.IN_CHUNKS):
+            try:
+                cell.source = in_chunks(cell.source, assignment.IN_CHUNKS[grade_id], self.chunk_rows)
+            except (ValueError, SyntaxError) as err:
+                raise self.cannot(assignment, grade_id, err, "IN_CHUNKS", "chunk_rows = 0") from None
 
     def profile_prepared(self, nb, assignment, module):
         folder = prepared_folder(module, assignment.PREPARED)

@@ -65,19 +65,22 @@ def test_batch_gradebook_equals_sequential_nbgrader(batch_local, graded):
 
 def test_grades_are_the_same_without_the_grading_profile(tmp_path_factory, batch_local):
     """The first 11 sample students, graded with the test set evaluated every 10 iterations as in the
-    notebook and the images normalised in the kernel, get the grades, cell by cell, that the course's
-    profile (every 100, the grader's prepared copy) gave them in the batch."""
+    notebook, the images normalised in the kernel and the test set predicted whole, get the grades, cell by cell, that the course's
+    profile (every 100, the grader's prepared copy, in chunks) gave them in the batch."""
     unprofiled = make_course(tmp_path_factory, "no_profile", extra_config="c.GradingProfile.test_every = 0\n"
-                                                                          "c.GradingProfile.prepared_data = False")
+                                                                          "c.GradingProfile.prepared_data = False\n"
+                                                                          "c.GradingProfile.chunk_rows = 0")
     students = STUDENTS[:11]
     grading.write_samples(unprofiled, students)
     results = batch.grade(unprofiled, workers=2)
     executed = notebook.read(unprofiled / ".batch" / "tutorial3" / "correct.executed.ipynb")
     assert "iters_per_test=10)" in notebook.cells_by_id(executed)["task2_train"].source  # the profile was off
     assert "_graders_copy" not in notebook.cells_by_id(executed)["preprocess_normalize"].source
+    assert "_in_chunks" not in notebook.cells_by_id(executed)["gradient_descent"].source
     profiled = notebook.read(Course.of(batch_local[0]).notebook("autograded", "correct"))  # and on in the batch
     assert "_graders_copy(\"train_imgs\"" in notebook.cells_by_id(profiled)["preprocess_normalize"].source
     assert "iters_per_test=100)" in notebook.cells_by_id(profiled)["task2_train"].source
+    assert "_in_chunks(net.forward_pass, test_imgs, 1000)" in notebook.cells_by_id(profiled)["gradient_descent"].source
     assert all(r.graded and not r.reason for r in results.values())
     assert grading.cell_scores(unprofiled) == {s.name: batch_local[2][s.name] for s in students}
 

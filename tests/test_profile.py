@@ -8,7 +8,7 @@ from traitlets.config import Config
 
 from nncourse import notebook
 from nncourse.assignments.tutorial3 import checks
-from nncourse.profile import GradingProfile, set_keyword
+from nncourse.profile import CHUNKS_HELPER, GradingProfile, set_keyword
 
 from conftest import DATA_DIR, RELEASE, SOURCE
 
@@ -68,6 +68,56 @@ def test_the_course_grades_with_the_profile():
     config = Course.load(REPO).config
     assert GradingProfile in batch.autograde_steps(config, "sanitize_preprocessors")
     assert config.GradingProfile.test_every == 100
+
+
+# ------------------------------------------------------------------------------ evaluations in chunks
+def chunked(nb, rows):
+    config = Config({"AssignmentStep": {"assignments": ASSIGNMENTS}, "GradingProfile": {"chunk_rows": rows}})
+    return GradingProfile(config=config).preprocess(copy.deepcopy(nb), RESOURCES)[0]
+
+
+def test_the_training_loop_predicts_the_test_set_in_chunks_and_says_so():
+    nb = notebook.read(RELEASE)
+    before = notebook.cells_by_id(nb)["gradient_descent"].source
+    after = notebook.cells_by_id(chunked(nb, 1000))["gradient_descent"].source
+    assert "y_pred_test = net.forward_pass(test_imgs)\n" in before
+    assert after.startswith("# Grading run: y_pred_test computed 1000 rows at a time")
+    assert "            y_pred_test = _in_chunks(net.forward_pass, test_imgs, 1000)\n" in after
+    assert after.endswith(before.replace("y_pred_test = net.forward_pass(test_imgs)",
+                                         "y_pred_test = _in_chunks(net.forward_pass, test_imgs, 1000)"))
+    assert chunked(nb, 0) == nb
+
+
+def test_predictions_in_chunks_are_the_whole_sets_numpy_or_torch():
+    """The call on all rows, for a numpy and a torch model (up to float rounding: BLAS sums a
+    chunk's products in another order); torch's result is detached."""
+    import numpy as np
+    import torch
+    namespace = {}
+    exec(CHUNKS_HELPER, namespace)
+    chunk = namespace["_in_chunks"]
+    rows = np.random.RandomState(0).normal(size=(10, 4)).astype(np.float32)
+    w = np.random.RandomState(1).normal(size=(4, 3)).astype(np.float32)
+    calls = []
+    numpy_model = lambda x: calls.append(len(x)) or np.tanh(x @ w)  # noqa: E731
+    assert np.allclose(chunk(numpy_model, rows, 3), numpy_model(rows), rtol=1e-6, atol=1e-6)
+    assert calls == [3, 3, 3, 1, 10]
+    tw = torch.tensor(w, requires_grad=True)
+    torch_model = lambda x: torch.relu(torch.tensor(x) @ tw)  # noqa: E731
+    got = chunk(torch_model, rows, 3)
+    assert not got.requires_grad and torch.allclose(got, torch_model(rows).detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("statement, error", [("y = f(a, b)", "is not `name = function"),
+                                              ("y = net.forward_pass(test_imgs)  # x", "found it 0 times")])
+def test_a_call_the_profile_cannot_chunk_stops_grading_with_the_fix(statement, error, monkeypatch):
+    monkeypatch.setattr(checks, "IN_CHUNKS", {"gradient_descent": [statement]})
+    nb = notebook.read(SOURCE)
+    cell = notebook.cells_by_id(nb)["gradient_descent"]
+    cell.source = cell.source.replace("y_pred_test = net.forward_pass(test_imgs)", statement.split("  #")[0]) \
+        if "#" not in statement else cell.source
+    with pytest.raises(ValueError, match=f"'gradient_descent' cannot be changed.*{error}.*chunk_rows = 0"):
+        chunked(nb, 1000)
 
 
 # ------------------------------------------------------------------------------ prepared data

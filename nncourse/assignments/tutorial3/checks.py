@@ -34,6 +34,8 @@ TEST_EVERY_ARGUMENT = "iters_per_test"  # how often they evaluate the test set (
 # (prepare, below), computed once per machine (grading profile).
 PREPARED = {"preprocess_normalize": ["train_imgs = normalize_int_whole_database(train_imgs)",
                                      "test_imgs = normalize_int_whole_database(test_imgs)"]}
+# The whole test set's predictions in the training loop: in grading runs, in chunks (grading profile).
+IN_CHUNKS = {"gradient_descent": ["y_pred_test = net.forward_pass(test_imgs)"]}
 ACCURACY_TESTS = {"task2_mlp_numpy_accuracy": "MLP_Numpy", "task3_mlp_torch_accuracy": "MLP_Torch",
                   "task4_mlp_autograd_accuracy": "MLP_Torch_Autograd", "task5_cnn_accuracy": "CNN_Torch_Autograd"}
 INIT_TESTS = {"MLP_Numpy": "task2_mlp_numpy_init_correct", "MLP_Torch": "task3_mlp_torch_init_correct",
